@@ -1,0 +1,87 @@
+"""HTTP throughput under wrk on loopback, monitor started vs. not, A/B interleaved.
+
+Run: ``python -m benchmarks.bench_http [--smoke] [--kind klein|web]``. Needs ``wrk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from benchmarks.common import Result, interleaved_ratio, print_table
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def throughput(kind: str, monitored: bool, seconds: int, connections: int) -> float:
+    """Requests per second wrk gets from a fresh server process."""
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.hello_server", "--kind", kind, "--port", str(port)]
+    if monitored:
+        command.append("--monitor")
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"benchmark server did not start: {line!r}")
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=True,
+        ).stdout
+        match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if match is None:
+            raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
+        if re.search(r"Non-2xx|Socket errors", out):
+            raise RuntimeError(f"wrk saw errors:\n{out}")
+        return float(match.group(1))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--kind", choices=["klein", "web"], default="klein")
+    parser.add_argument("--pairs", type=int, default=None)
+    parser.add_argument("--seconds", type=int, default=None)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian package wrk)")
+    pairs = args.pairs or (1 if args.smoke else 5)
+    seconds = args.seconds or (1 if args.smoke else 5)
+    bare, monitored, ratio = interleaved_ratio(
+        lambda: throughput(args.kind, False, seconds, 50),
+        lambda: throughput(args.kind, True, seconds, 50),
+        pairs,
+    )
+    results = [
+        Result(
+            f"{args.kind} hello under wrk",
+            ratio,
+            "x bare req/s",
+            ">= 0.97",
+            ratio >= 0.97,
+            f"bare {bare:.0f} req/s, monitored {monitored:.0f} req/s (medians of {pairs})",
+        )
+    ]
+    print_table(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Every benchmark, one table: ``python -m benchmarks.run_all [--smoke]``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from benchmarks import bench_deferreds, bench_http, bench_snapshot
+from benchmarks.common import Result, print_table
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    args = list(sys.argv[1:] if argv is None else argv)
+    results: list[Result] = []
+    results += bench_deferreds.main(args)
+    results += bench_snapshot.main(args)
+    results += bench_http.main([*args, "--kind", "klein"])
+    results += bench_http.main([*args, "--kind", "web"])
+    print("\n== all ==")
+    print_table(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The Monitor: installs the probes, samples them into a bounded history ring, fans
+samples out to subscribers, and undoes everything on ``stop()``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import attrs
+from twisted.internet.base import DelayedCall
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.resource import IResource
+
+from dashboard.probes.base import JSONDict, Probe, ProbeErrors
+from dashboard.probes.connections import ConnectionsProbe
+from dashboard.probes.deferreds import DeferredsProbe
+from dashboard.probes.loop import LoopProbe
+from dashboard.probes.pools import PoolsProbe, TrackablePool
+from dashboard.probes.process import ProcessProbe
+from dashboard.probes.timeouts import TimeoutsProbe
+from dashboard.web.binding import loopback_endpoint
+
+DEFAULT_ENDPOINT = "tcp:8089:interface=127.0.0.1"
+
+#: Only one monitor may patch the process-wide Twisted classes at a time.
+_active: list[Monitor] = []
+
+Subscriber = Callable[["Sample"], None]
+
+
+@attrs.frozen
+class Sample:
+    """One snapshot as taken: the JSON-ready dict and its encoding, made once for every reader."""
+
+    seq: int
+    time: float
+    data: JSONDict
+    encoded: bytes
+
+
+class MonitorAlreadyRunning(RuntimeError):
+    """Raised by ``start()`` when another Monitor in this process is already started."""
+
+
+@attrs.define(eq=False)
+class Monitor:
+    """Watches one reactor.
+
+    ``interval`` seconds between samples; ``history`` samples kept (the window that
+    ``lag_ms`` percentiles and the charts cover); ``block_threshold_ms`` how long the
+    reactor must be stuck before the watchdog records a block with its stack.
+
+    All methods are called from the reactor thread.
+    """
+
+    reactor: Any
+    interval: float = attrs.field(default=1.0, kw_only=True)
+    history: int = attrs.field(default=900, kw_only=True)
+    block_threshold_ms: float = attrs.field(default=100.0, kw_only=True)
+    top_sites: int = attrs.field(default=50, kw_only=True)
+    top_connections: int = attrs.field(default=100, kw_only=True)
+    oldest_deferreds: int = attrs.field(default=20, kw_only=True)
+
+    errors: ProbeErrors = attrs.field(factory=ProbeErrors, init=False)
+    deferreds: DeferredsProbe = attrs.field(init=False)
+    connections: ConnectionsProbe = attrs.field(init=False)
+    pools: PoolsProbe = attrs.field(init=False)
+    loop: LoopProbe = attrs.field(init=False)
+    timeouts: TimeoutsProbe = attrs.field(init=False)
+    process: ProcessProbe = attrs.field(init=False)
+
+    _samples: deque[Sample] = attrs.field(init=False)
+    _subscribers: list[Subscriber] = attrs.field(init=False, factory=list)
+    _seq: int = attrs.field(init=False, default=0)
+    _timer: DelayedCall | None = attrs.field(init=False, default=None)
+    _running: bool = attrs.field(init=False, default=False)
+    _started_at: float = attrs.field(init=False, default=0.0)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, got {self.interval!r}")
+        if self.history < 1:
+            raise ValueError(f"history must be >= 1 sample, got {self.history!r}")
+        if not self.block_threshold_ms > 0:
+            raise ValueError(f"block_threshold_ms must be > 0, got {self.block_threshold_ms!r}")
+        clock = self.reactor.seconds
+        window_s = self.history * self.interval
+        self._samples = deque(maxlen=self.history)
+        self.deferreds = DeferredsProbe(
+            self.reactor,
+            self.errors,
+            clock,
+            top_sites=self.top_sites,
+            oldest=self.oldest_deferreds,
+        )
+        self.connections = ConnectionsProbe(
+            self.reactor, self.errors, clock, top_n=self.top_connections
+        )
+        self.pools = PoolsProbe(self.reactor, self.errors, clock)
+        self.loop = LoopProbe(
+            self.reactor,
+            self.errors,
+            clock,
+            block_threshold_ms=self.block_threshold_ms,
+            window_s=window_s,
+        )
+        self.timeouts = TimeoutsProbe(self.reactor, self.errors, clock, loop=self.loop)
+        self.process = ProcessProbe(self.errors)
+
+    @property
+    def probes(self) -> tuple[Probe, ...]:
+        return (
+            self.loop,
+            self.deferreds,
+            self.connections,
+            self.pools,
+            self.timeouts,
+            self.process,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Install every probe and start sampling. Calling it again while running does nothing."""
+        if self._running:
+            return
+        if _active:
+            raise MonitorAlreadyRunning(
+                "another Monitor is already started in this process; stop() it first"
+            )
+        _active.append(self)
+        self._running = True
+        self._started_at = time.time()
+        installed: list[Probe] = []
+        try:
+            for probe in self.probes:
+                probe.install()
+                installed.append(probe)
+        except BaseException:
+            for probe in reversed(installed):
+                probe.uninstall()
+            self._running = False
+            _active.remove(self)
+            raise
+        self._timer = self.reactor.callLater(self.interval, self._tick)
+
+    def stop(self) -> None:
+        """Undo every patch, stop every timer and thread. Safe to call twice."""
+        if not self._running:
+            return
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for probe in reversed(self.probes):
+            try:
+                probe.uninstall()
+            except Exception as exc:  # keep undoing the others
+                self.errors.record(probe.name, exc)
+        if self in _active:
+            _active.remove(self)
+
+    def __enter__(self) -> Monitor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # sampling ----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._timer = None
+        try:
+            self.sample()
+        finally:
+            if self._running:
+                self._timer = self.reactor.callLater(self.interval, self._tick)
+
+    def snapshot(self) -> JSONDict:
+        """Collect every probe now (not stored in the history). Reactor thread only."""
+        data: JSONDict = {
+            "seq": self._seq,
+            "time": time.time(),
+            "reactor": type(self.reactor).__name__,
+            "interval_s": self.interval,
+        }
+        for probe in self.probes:
+            try:
+                data[probe.name] = probe.collect()
+            except Exception as exc:
+                self.errors.record(probe.name, exc)
+                data[probe.name] = None
+        data["errors"] = self.errors.as_json()
+        return data
+
+    def sample(self) -> Sample:
+        """Take the next snapshot into the history ring and hand it to every subscriber."""
+        self._seq += 1
+        data = self.snapshot()
+        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        sample = Sample(seq=self._seq, time=data["time"], data=data, encoded=encoded)
+        self._samples.append(sample)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(sample)
+            except Exception as exc:
+                self.errors.record("subscribers", exc)
+        return sample
+
+    def latest(self) -> Sample:
+        """The newest sample, taking one first if none exists yet."""
+        return self._samples[-1] if self._samples else self.sample()
+
+    def samples(
+        self, since_seq: int | None = None, seconds: float | None = None
+    ) -> Iterator[Sample]:
+        """Samples in the history ring, oldest first: those after ``since_seq``, or those of
+        the last ``seconds``."""
+        horizon = time.time() - seconds if seconds is not None else None
+        for sample in list(self._samples):
+            if since_seq is not None and sample.seq <= since_seq:
+                continue
+            if horizon is not None and sample.time < horizon:
+                continue
+            yield sample
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber(sample)`` for every new sample; returns the unsubscribe function."""
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    @property
+    def history_seconds(self) -> int:
+        """How many seconds the history ring covers (at least 1)."""
+        return max(1, round(self.history * self.interval))
+
+    # web ---------------------------------------------------------------------------------
+
+    def resource(self) -> IResource:
+        """The dashboard as a twisted.web resource, to mount under any prefix."""
+        from dashboard.web.app import DashboardApp
+
+        resource: Any = DashboardApp(self).app.resource()
+        return cast(IResource, resource)
+
+    def listen(
+        self, endpoint: str | int = DEFAULT_ENDPOINT, *, allow_remote: bool = False
+    ) -> Deferred[IListeningPort]:
+        """Serve the dashboard alone on ``endpoint`` (a port number or a Twisted endpoint
+        string). A TCP endpoint without ``interface=`` binds 127.0.0.1; a non-loopback
+        interface needs ``allow_remote=True``."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.web.server import Site
+
+        description = loopback_endpoint(endpoint, allow_remote=allow_remote)
+        site = Site(self.resource())
+        site.displayTracebacks = False
+        port: Deferred[IListeningPort] = serverFromString(self.reactor, description).listen(site)
+        return port
+
+    # pools -------------------------------------------------------------------------------
+
+    def track_pool(self, pool: TrackablePool, name: str) -> None:
+        """Show a pool of your own (see :class:`dashboard.probes.pools.TrackablePool`)."""
+        self.pools.track(pool, name)
+
+    def untrack_pool(self, name: str) -> None:
+        self.pools.untrack(name)

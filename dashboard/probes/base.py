@@ -1,0 +1,129 @@
+"""What every probe shares: the probe protocol, reversible patching and error counting."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+JSONDict = dict[str, Any]
+
+#: A time source in seconds. Probes take ``reactor.seconds`` so tests can drive ages with a Clock.
+TimeSource = Callable[[], float]
+
+_MISSING = object()
+
+
+class Probe(Protocol):
+    """One family of instrumentation.
+
+    ``install``/``uninstall``/``collect`` are called from the reactor thread only.
+    ``collect`` returns the JSON-ready section of the snapshot this probe owns; it must
+    cost what is *shown* (top N), not what *exists*.
+    """
+
+    name: str
+
+    def install(self) -> None: ...
+
+    def uninstall(self) -> None: ...
+
+    def collect(self) -> Any: ...
+
+
+@attrs.define
+class ProbeErrors:
+    """Counts failures inside probes, by probe name. A probe never raises into user code:
+    its hooks catch everything and call :meth:`record` instead.
+
+    A probe whose failures reach ``disable_after`` is reported as disabled; hooks check
+    :meth:`enabled` only on their slow paths.
+    """
+
+    disable_after: int = 100
+    counts: dict[str, int] = attrs.field(factory=dict)
+    last: dict[str, str] = attrs.field(factory=dict)
+
+    def record(self, probe: str, exc: BaseException) -> None:
+        self.counts[probe] = self.counts.get(probe, 0) + 1
+        self.last[probe] = f"{type(exc).__name__}: {exc}"[:300]
+
+    def enabled(self, probe: str) -> bool:
+        return self.counts.get(probe, 0) < self.disable_after
+
+    def as_json(self) -> JSONDict:
+        return {
+            "total": sum(self.counts.values()),
+            "by_probe": dict(self.counts),
+            "last": dict(self.last),
+            "disabled": sorted(p for p, n in self.counts.items() if n >= self.disable_after),
+        }
+
+
+@attrs.define
+class Patcher:
+    """Replaces attributes and puts the exact originals back.
+
+    ``patch(owner, name, new)`` remembers what ``owner.__dict__`` held under ``name``
+    (or that it held nothing, in which case ``restore`` deletes the attribute again),
+    so after ``restore()`` every attribute is the very same object as before.
+    """
+
+    _saved: list[tuple[Any, str, Any]] = attrs.field(factory=list)
+
+    def patch(self, owner: Any, name: str, new: Any) -> Any:
+        """Install ``new`` as ``owner.name``; returns the attribute as looked up before."""
+        before = getattr(owner, name, None)
+        self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        setattr(owner, name, new)
+        return before
+
+    def restore(self) -> None:
+        while self._saved:
+            owner, name, old = self._saved.pop()
+            if old is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    delattr(owner, name)
+            else:
+                setattr(owner, name, old)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._saved)
+
+
+def frame_site(filename: str, lineno: int, function: str) -> str:
+    """The ``"path.py:LINE in function"`` form used for every site and stack frame."""
+    return f"{shorten_path(filename)}:{lineno} in {function}"
+
+
+def shorten_path(filename: str) -> str:
+    """Trim a path to start at its package: ``twisted/x.py``, not ``.../site-packages/...``."""
+    for marker in ("/site-packages/", "/dist-packages/"):
+        cut = filename.rfind(marker)
+        if cut >= 0:
+            return filename[cut + len(marker) :]
+    return filename
+
+
+def safe_repr(obj: object, limit: int = 120) -> str:
+    """A repr that never raises and never runs long."""
+    try:
+        text = repr(obj)
+    except Exception as exc:  # user reprs may raise anything
+        text = f"<{type(obj).__name__} repr failed: {type(exc).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def qualname(obj: object) -> str:
+    """``module.qualname`` of a callable (bound methods and partials included), never raising."""
+    try:
+        func = getattr(obj, "func", obj)  # functools.partial
+        func = getattr(func, "__func__", func)  # bound method
+        name = getattr(func, "__qualname__", None) or type(func).__qualname__
+        module = getattr(func, "__module__", None)
+        return f"{module}.{name}" if module else str(name)
+    except Exception:
+        return safe_repr(obj)

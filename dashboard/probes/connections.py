@@ -1,0 +1,356 @@
+"""Open connections: how many of each kind, listening ports, slow consumers, oldest first.
+
+Hooks (all on classes, installed by ``install()``, restored exactly by ``uninstall()``):
+
+- ``tcp.Connection.__init__``: register the transport (TCP, unix and TLS-over-TCP, server
+  and client side; a client registers before its connect completes, with no protocol).
+- ``tcp.Connection.connectionLost``: unregister, count a close.
+- ``tcp.BaseClient.failIfNotConnected``: count a failed connect, unregister (failed
+  connects never reach ``connectionLost``).
+- ``tcp.Connection._dataReceived`` / ``writeSomeData``: add bytes in / out to the record.
+- ``tcp.Server.__init__``: count one accept for its listening port (``.server`` is set
+  after ``Connection.__init__`` returns).
+- ``tcp.Port.startListening``, ``unix.Port.startListening`` (which does not chain to TCP's)
+  and ``tcp.Port.connectionLost`` (which unix's does chain to): listening ports.
+- ``TLSMemoryBIOProtocol.makeConnection``: mark the transport TLS (covers listenSSL,
+  connectSSL, TLS endpoints and ``startTLS``).
+- ``twisted.web.http.Request.__init__``: stamp the request with its start time (one clock
+  call and one attribute set per request; the earliest point a request exists, and every
+  request class chains to it), so in-flight requests can show their age.
+
+Hot paths pay a dict lookup and an addition; everything else happens in ``collect()``,
+whose cost is the ``top_n`` connections shown plus the reactor's current writers (the only
+transports with pending output, hence the only possible slow consumers), not the number open.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp, unix
+from twisted.internet._newtls import _BypassTLS
+from twisted.web import http
+
+from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource
+from dashboard.probes.connection_detail import (
+    REQUEST_STARTED_ATTR,
+    TLSMemoryBIOProtocol,
+    describe,
+    describe_port,
+    format_address,
+    is_port,
+    pending_write_bytes,
+    unwrap_protocol,
+)
+from dashboard.probes.connection_registry import KINDS, ConnectionRegistry
+
+#: Slow consumers listed in ``slow_consumer_items`` (the count is exact).
+MAX_SLOW_CONSUMERS_SHOWN = 10
+
+AnyFunc = Callable[..., Any]
+
+
+class ConnectionsProbe:
+    """The ``connections`` section of the snapshot. Reactor thread only.
+
+    ``top_n``: connections listed in ``items`` (oldest first) and ports in ``listening``.
+    Totals count from the latest ``install()``; connections already open then are adopted
+    (``adopted_at_install``; their ages count from the install).
+    """
+
+    name = "connections"
+
+    def __init__(
+        self, reactor: Any, errors: ProbeErrors, clock: TimeSource, *, top_n: int = 100
+    ) -> None:
+        if top_n < 1:
+            raise ValueError(f"top_n must be >= 1, got {top_n!r}")
+        self._reactor = reactor
+        self._errors = errors
+        self._clock = clock
+        self.top_n = top_n
+        self._patcher = Patcher()
+        self.registry = ConnectionRegistry(clock)
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Patch the transport classes and adopt what is already open. Idempotent."""
+        if self._patcher.active:
+            return
+        self.registry = registry = ConnectionRegistry(self._clock)
+        self._adopt_existing()
+        patch = self._patcher.patch
+        record = self._record
+        entries_get = registry.entries.get
+        register_port = self._register_port
+
+        # Every wrapper calls the original with the same arguments and passes its result
+        # (or exception) through; bookkeeping errors are recorded, never raised.
+        def wrap(owner: type, name: str, make: Callable[[AnyFunc], AnyFunc]) -> None:
+            original: AnyFunc = getattr(owner, name)
+            patch(owner, name, functools.wraps(original)(make(original)))
+
+        enabled = self._errors.enabled
+        name = self.name
+
+        def conn_init(original: AnyFunc) -> AnyFunc:
+            def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+                original(self, *args, **kwargs)
+                try:
+                    if enabled(name):  # a probe failing over and over stops tracking
+                        registry.add(self)
+                except Exception as exc:
+                    record(exc)
+
+            return __init__
+
+        def conn_lost(original: AnyFunc) -> AnyFunc:
+            def connectionLost(self: Any, reason: Any) -> Any:
+                try:
+                    registry.remove(self)
+                except Exception as exc:
+                    record(exc)
+                return original(self, reason)
+
+            return connectionLost
+
+        def fail_connect(original: AnyFunc) -> AnyFunc:
+            def failIfNotConnected(self: Any, err: Any) -> Any:
+                try:
+                    # The same test the original makes before it acts.
+                    if not (self.connected or self.disconnected or not hasattr(self, "connector")):
+                        registry.connect_failed(self)
+                except Exception as exc:
+                    record(exc)
+                return original(self, err)
+
+            return failIfNotConnected
+
+        def data_received(original: AnyFunc) -> AnyFunc:
+            def _dataReceived(self: Any, data: Any) -> Any:
+                try:
+                    if data:
+                        entry = entries_get(id(self))
+                        if entry is not None:
+                            entry.bytes_in += len(data)
+                except Exception as exc:
+                    record(exc)
+                return original(self, data)
+
+            return _dataReceived
+
+        def write_some(original: AnyFunc) -> AnyFunc:
+            def writeSomeData(self: Any, data: Any) -> Any:
+                sent = original(self, data)
+                try:
+                    # An int is the count sent; a ConnectionLost instance is returned on error.
+                    if sent.__class__ is int and sent > 0:
+                        entry = entries_get(id(self))
+                        if entry is not None:
+                            entry.bytes_out += sent
+                except Exception as exc:
+                    record(exc)
+                return sent
+
+            return writeSomeData
+
+        def server_init(original: AnyFunc) -> AnyFunc:
+            def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+                original(self, *args, **kwargs)
+                try:
+                    registry.accepted(self.server)
+                except Exception as exc:
+                    record(exc)
+
+            return __init__
+
+        def start_listening(original: AnyFunc) -> AnyFunc:
+            def startListening(self: Any) -> Any:
+                result = original(self)
+                try:
+                    register_port(self)
+                except Exception as exc:
+                    record(exc)
+                return result
+
+            return startListening
+
+        def port_lost(original: AnyFunc) -> AnyFunc:
+            def connectionLost(self: Any, reason: Any) -> Any:
+                try:
+                    registry.remove_port(self)
+                except Exception as exc:
+                    record(exc)
+                return original(self, reason)
+
+            return connectionLost
+
+        def request_init(original: AnyFunc) -> AnyFunc:
+            clock = self._clock
+
+            def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+                original(self, *args, **kwargs)
+                try:
+                    setattr(self, REQUEST_STARTED_ATTR, clock())
+                except Exception as exc:
+                    record(exc)
+
+            return __init__
+
+        try:
+            wrap(tcp.Connection, "__init__", conn_init)
+            wrap(tcp.Connection, "connectionLost", conn_lost)
+            wrap(tcp.BaseClient, "failIfNotConnected", fail_connect)
+            wrap(tcp.Connection, "_dataReceived", data_received)
+            wrap(tcp.Connection, "writeSomeData", write_some)
+            wrap(tcp.Server, "__init__", server_init)
+            wrap(tcp.Port, "startListening", start_listening)
+            wrap(unix.Port, "startListening", start_listening)
+            wrap(tcp.Port, "connectionLost", port_lost)
+            if TLSMemoryBIOProtocol is not None:
+                wrap(TLSMemoryBIOProtocol, "makeConnection", self._tls_hook)
+            wrap(http.Request, "__init__", request_init)
+        except BaseException:
+            self.uninstall()
+            raise
+
+    def uninstall(self) -> None:
+        """Restore every patched attribute and forget every tracked transport."""
+        self._patcher.restore()
+        self.registry.clear()
+
+    # hooks that need more than a closure -----------------------------------------------------
+
+    def _record(self, exc: BaseException) -> None:
+        self._errors.record(self.name, exc)
+
+    def _tls_hook(self, original: AnyFunc) -> AnyFunc:
+        registry = self.registry
+        record = self._record
+
+        def makeConnection(proto: Any, transport: Any) -> Any:
+            try:
+                # startTLS hands the TLS protocol a _BypassTLS around the real transport.
+                real = transport._connection if transport.__class__ is _BypassTLS else transport
+                registry.mark_tls(real)
+            except Exception as exc:
+                record(exc)
+            return original(proto, transport)
+
+        return makeConnection
+
+    def _register_port(self, port: Any) -> None:
+        address, factory, kind, tls = describe_port(port)
+        self.registry.add_port(port, address=address, factory=factory, kind=kind, tls=tls)
+
+    def _adopt_existing(self) -> None:
+        """Register the transports and ports the reactor already watches (paused transports
+        with nothing to write are not in its reader/writer sets and stay unknown)."""
+        try:
+            selectables = [*self._reactor.getReaders(), *self._reactor.getWriters()]
+        except Exception:  # a reactor without IReactorFDSet: nothing to adopt
+            return
+        registry = self.registry
+        for selectable in selectables:
+            try:
+                if isinstance(selectable, tcp.Connection):
+                    if id(selectable) not in registry.entries:
+                        registry.add(selectable, adopted=True)
+                        if (
+                            getattr(selectable, "TLS", False)
+                            or unwrap_protocol(getattr(selectable, "protocol", None))[1]
+                        ):
+                            registry.mark_tls(selectable)
+                elif is_port(selectable) and getattr(selectable, "connected", False):
+                    self._register_port(selectable)
+            except Exception as exc:
+                self._record(exc)
+
+    # collect -------------------------------------------------------------------------------
+
+    def collect(self) -> JSONDict:
+        """The snapshot section. Costs ``top_n`` connections plus the reactor's writers."""
+        registry = self.registry
+        now = self._clock()
+        entries = registry.entries
+        by_kind: dict[str, int] = {kind: registry.open_by_kind[kind] for kind in KINDS}
+        by_kind["tls"] = registry.tls_open
+
+        items: list[JSONDict] = []
+        for entry in registry.oldest(self.top_n):
+            transport = entry()
+            if transport is None:
+                continue
+            try:
+                items.append(describe(entry, transport, now))
+            except Exception as exc:
+                self._record(exc)
+
+        listening: list[JSONDict] = [
+            {
+                "address": port.address,
+                "factory": port.factory,
+                "accepted_total": port.accepted,
+                "kind": port.kind,
+                "tls": port.tls,
+            }
+            for port in registry.first_ports(self.top_n)
+        ]
+
+        slow_count, slow_items = self._slow_consumers(now)
+        return {
+            "open": len(entries),
+            "opened_total": registry.opened,
+            "closed_total": registry.closed,
+            "failed_connects_total": registry.failed,
+            "abandoned_total": registry.abandoned,
+            "adopted_at_install": registry.adopted,
+            "by_kind": by_kind,
+            "listening": listening,
+            "slow_consumers": slow_count,
+            "slow_consumer_items": slow_items,
+            "items": items,
+            "items_total": len(entries),
+            "items_truncated": len(entries) > self.top_n,
+        }
+
+    def _slow_consumers(self, now: float) -> tuple[int, list[JSONDict]]:
+        """Registered transports whose pending output exceeds their ``bufferSize``. Only the
+        reactor's writers can have pending output, so only they are looked at."""
+        entries = self.registry.entries
+        try:
+            writers = self._reactor.getWriters()
+        except Exception:  # no IReactorFDSet: look at every registered transport instead
+            writers = [t for t in (e() for e in list(entries.values())) if t is not None]
+        slow: list[tuple[int, int, Any]] = []
+        for transport in writers:
+            entry = entries.get(id(transport))
+            if entry is None:
+                continue
+            try:
+                pending = pending_write_bytes(transport)
+                if pending > transport.bufferSize:
+                    slow.append((pending, entry.key, transport))
+            except Exception as exc:
+                self._record(exc)
+        shown: list[JSONDict] = []
+        for _pending, key, transport in heapq.nlargest(
+            MAX_SLOW_CONSUMERS_SHOWN, slow, key=lambda s: s[0]
+        ):
+            entry = entries.get(key)
+            if entry is None:
+                continue
+            try:
+                item = describe(entry, transport, now)
+                item.pop("requests", None)
+                shown.append(item)
+            except Exception as exc:
+                self._record(exc)
+        return len(slow), shown
+
+
+__all__ = ["ConnectionsProbe", "format_address"]

@@ -1,0 +1,378 @@
+"""Pending Deferreds: how many, how old, created where, and which were dropped unfired.
+
+Hot path (every ``Deferred()``): find the creation site (one frame lookup), bump that
+site's counter and put the Deferred in the *nursery* (a dict). On first firing: take it
+out again and bump the site's fired counter. Nothing else.
+
+Most Deferreds fire before control returns to the reactor, so the nursery stays small.
+It is swept every ``sweep_interval_s`` (and whenever it holds ``nursery_limit`` entries):
+the Deferreds still in it are *promoted*: tracked by a weak reference stamped with the
+sweep time, per site, in creation order. That is what ``oldest`` and the ages come from;
+a weak-reference callback tells a promoted Deferred that was garbage-collected without
+ever firing (a lost result). A nursery entry that only the nursery still holds is such a
+loss too and is counted at the sweep.
+
+Pending counts are exact: ``pending = created - fired - unfired_collected`` per site.
+Ages have the sweep's resolution (``sweep_interval_s``, 0.1 s by default).
+
+Side effect, documented: the nursery holds a strong reference to each new, still unfired
+Deferred until the next sweep (at most ``sweep_interval_s``), which delays the collection
+of a Deferred dropped unfired by that much. Fired Deferreds are never held.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import sys
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.base import DelayedCall
+
+from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource, frame_site, qualname
+
+_getframe = sys._getframe
+_getrefcount = sys.getrefcount
+
+#: Distinct creation sites kept; past it, new sites are counted under one "other" site.
+MAX_SITES = 10_000
+
+
+class _Site:
+    """Counters for one creation site (one line of code). Reactor thread mostly;
+    ``created``/``fired`` may be bumped from other threads (a lost increment is possible
+    there, never an exception)."""
+
+    __slots__ = ("code", "created", "fired", "label", "lineno", "lost", "tracked")
+
+    def __init__(self, code: types.CodeType | None, lineno: int, label: str | None = None) -> None:
+        self.code = code  # held so that id(code) is never reused while the site lives
+        self.lineno = lineno
+        self.label = label
+        self.created = 0
+        self.fired = 0
+        self.lost = 0
+        #: promoted (still pending after a sweep) Deferreds, oldest first: ref -> None
+        self.tracked: dict[_TrackedRef, None] = {}
+
+    @property
+    def pending(self) -> int:
+        return self.created - self.fired - self.lost
+
+    def name(self) -> str:
+        if self.label is None:
+            code = self.code
+            assert code is not None
+            self.label = frame_site(code.co_filename, self.lineno, code.co_qualname)
+        return self.label
+
+
+class _TrackedRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to a promoted pending Deferred, with its site and promotion time."""
+
+    __slots__ = ("since", "site")
+
+    since: float
+    site: _Site
+
+
+def _transparent_code_ids() -> frozenset[int]:
+    """Code objects whose frames are skipped to find the creation site: the helpers of
+    ``twisted.internet.defer`` that create Deferreds on their caller's behalf (``succeed``,
+    ``fail``, ``maybeDeferred``, ``inlineCallbacks``, ``DeferredList``,
+    ``Deferred.fromCoroutine``...)."""
+    ids: set[int] = set()
+
+    def add(obj: Any, depth: int = 0) -> None:
+        func = getattr(obj, "__func__", obj)
+        func = getattr(func, "__wrapped__", func)
+        code = getattr(func, "__code__", None)
+        if isinstance(code, types.CodeType) and code.co_filename == defer.__file__:
+            ids.add(id(code))
+            for const in code.co_consts:  # nested functions such as unwindGenerator
+                if isinstance(const, types.CodeType):
+                    ids.add(id(const))
+        if depth == 0 and isinstance(obj, type):
+            for member in vars(obj).values():
+                add(member, 1)
+
+    for value in vars(defer).values():
+        add(value)
+    return frozenset(ids)
+
+
+class DeferredsProbe:
+    """Counts Deferreds by creation site and tracks the ones left pending."""
+
+    name = "deferreds"
+
+    def __init__(
+        self,
+        reactor: Any,
+        errors: ProbeErrors,
+        clock: TimeSource,
+        *,
+        top_sites: int = 50,
+        oldest: int = 20,
+        sweep_interval_s: float = 0.1,
+        nursery_limit: int = 512,
+    ) -> None:
+        self._reactor = reactor
+        self._errors = errors
+        self._clock = clock
+        self._top_sites = top_sites
+        self._oldest = oldest
+        self._sweep_interval_s = sweep_interval_s
+        self._nursery_limit = nursery_limit
+        self._patcher = Patcher()
+        self._sites: dict[tuple[int, int], _Site] = {}
+        self._other = _Site(None, 0, "<other sites>")
+        #: new Deferreds not yet fired, until the next sweep: Deferred -> its site
+        self._nursery: dict[defer.Deferred[Any], _Site] = {}
+        #: weak references whose Deferred was collected; drained on the reactor thread
+        self._graveyard: list[_TrackedRef] = []
+        self._timer: DelayedCall | None = None
+        self._installed = False
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        self._installed = True
+        # Fresh tables: Deferreds from an earlier run point at the old ones, harmlessly.
+        self._sites = {}
+        self._other = _Site(None, 0, "<other sites>")
+        self._graveyard.clear()
+        cls = defer.Deferred
+        original_init: Callable[..., None] = cls.__init__
+        original_start: Callable[[Any, object], None] = cls._startRunCallbacks
+        original_succeed = defer.succeed
+        transparent = _transparent_code_ids()
+        succeed_code_id = id(original_succeed.__code__)
+        sites = self._sites
+        nursery = self._nursery
+        nursery_limit = self._nursery_limit
+        sweep = self.sweep
+        errors = self._errors
+        other = self._other
+        probe = self
+
+        def __init__(self: Any, canceller: Any = None) -> None:
+            original_init(self, canceller)
+            try:
+                frame: types.FrameType | None = _getframe(1)
+                via_succeed = False
+                while frame is not None:
+                    cid = id(frame.f_code)
+                    if cid not in transparent:
+                        break
+                    if cid == succeed_code_id:
+                        via_succeed = True
+                    frame = frame.f_back
+                if frame is None:
+                    site = other
+                else:
+                    key = (cid, frame.f_lineno)
+                    site = sites.get(key) or probe._new_site(key, frame)
+                site.created += 1
+                if via_succeed:
+                    # succeed() sets .called itself, bypassing _startRunCallbacks.
+                    site.fired += 1
+                    return
+                nursery[self] = site
+                if len(nursery) >= nursery_limit:
+                    sweep()
+            except Exception as exc:
+                errors.record("deferreds", exc)
+
+        def _startRunCallbacks(self: Any, result: object) -> None:
+            if not self.called:
+                site = nursery.pop(self, None)
+                if site is not None:
+                    site.fired += 1
+                else:
+                    ref = self._rd_ref
+                    if ref is not None:  # promoted: still tracked until now
+                        ref.site.fired += 1
+                        ref.site.tracked.pop(ref, None)
+            original_start(self, result)
+
+        patch = self._patcher.patch
+        patch(cls, "_rd_ref", None)
+        patch(cls, "__init__", __init__)
+        patch(cls, "_startRunCallbacks", _startRunCallbacks)
+        self._schedule_sweep()
+
+    def uninstall(self) -> None:
+        if not self._installed:
+            return
+        self._installed = False
+        self._patcher.restore()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._nursery.clear()
+        # Promoted Deferreds keep their weak references; drop ours so no callback runs later.
+        for site in self._sites.values():
+            site.tracked.clear()
+
+    # hot-path helpers --------------------------------------------------------------------
+
+    def _new_site(self, key: tuple[int, int], frame: types.FrameType) -> _Site:
+        if len(self._sites) >= MAX_SITES:
+            return self._other
+        site = _Site(frame.f_code, key[1])
+        self._sites[key] = site
+        return site
+
+    def _schedule_sweep(self) -> None:
+        self._timer = self._reactor.callLater(self._sweep_interval_s, self._periodic_sweep)
+
+    def _periodic_sweep(self) -> None:
+        self._timer = None
+        try:
+            self.sweep()
+        finally:
+            if self._installed:
+                self._schedule_sweep()
+
+    def sweep(self) -> None:
+        """Promote the nursery's still-pending Deferreds to tracking. Reactor thread."""
+        self._bury()
+        nursery = self._nursery
+        if not nursery:
+            return
+        batch = list(nursery.items())
+        nursery.clear()
+        try:
+            now = self._clock()
+            on_lost = self._graveyard.append
+            for d, site in batch:
+                # References: `batch`'s tuple, the loop variable and getrefcount's argument.
+                if _getrefcount(d) <= 3:
+                    site.lost += 1
+                    continue
+                ref = _TrackedRef(d, on_lost)
+                ref.since = now
+                ref.site = site
+                site.tracked[ref] = None
+                d._rd_ref = ref  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._errors.record(self.name, exc)
+        finally:
+            del batch
+
+    def _bury(self) -> None:
+        """Count the promoted Deferreds the garbage collector took. The collector may run
+        anywhere (any thread, mid-iteration), so its callback only appends to a list."""
+        graveyard = self._graveyard
+        while graveyard:
+            ref = graveyard.pop()
+            if ref.site.tracked.pop(ref, 0) is None:  # still tracked: it never fired
+                ref.site.lost += 1
+
+    # snapshot ----------------------------------------------------------------------------
+
+    def collect(self) -> JSONDict:
+        """The ``deferreds`` section. Reactor thread. Costs O(sites + shown)."""
+        self.sweep()
+        now = self._clock()
+        all_sites = [*self._sites.values(), self._other]
+        created = fired = lost = 0
+        for site in all_sites:
+            created += site.created
+            fired += site.fired
+            lost += site.lost
+        busiest = heapq.nlargest(
+            self._top_sites, (s for s in all_sites if s.pending > 0), key=lambda s: s.pending
+        )
+        oldest_refs = self._oldest_refs(all_sites, self._oldest)
+        oldest_age = now - oldest_refs[0].since if oldest_refs else 0.0
+        return {
+            "pending": created - fired - lost,
+            "created_total": created,
+            "fired_total": fired,
+            "unfired_collected_total": lost,
+            "oldest_pending_age_s": round(max(0.0, oldest_age), 3),
+            "sites_total": len(all_sites) - (0 if self._other.created else 1),
+            "sites": [
+                {
+                    "site": site.name(),
+                    "pending": site.pending,
+                    "created_total": site.created,
+                    "fired_total": site.fired,
+                    "unfired_collected_total": site.lost,
+                    "oldest_age_s": round(max(0.0, now - first.since), 3)
+                    if (first := next(iter(site.tracked), None)) is not None
+                    else 0.0,
+                }
+                for site in busiest
+            ],
+            "oldest": [self._describe(ref, now) for ref in oldest_refs],
+        }
+
+    @staticmethod
+    def _oldest_refs(sites: list[_Site], n: int) -> list[_TrackedRef]:
+        """The ``n`` oldest promoted Deferreds still pending, oldest first.
+
+        Each site's table is in promotion order, so the ``n`` oldest overall come from the
+        sites whose *first* entries are among the ``n`` oldest firsts, at most ``n`` from
+        each: O(sites + n^2), whatever the number of pending Deferreds.
+        """
+        firsts = [first for s in sites if (first := next(iter(s.tracked), None)) is not None]
+        candidates: list[_TrackedRef] = []
+        for first in heapq.nsmallest(n, firsts, key=_since):
+            candidates.extend(itertools.islice(first.site.tracked, n))
+        return heapq.nsmallest(n, candidates, key=_since)
+
+    def _describe(self, ref: _TrackedRef, now: float) -> JSONDict:
+        d = ref()
+        return {
+            "age_s": round(max(0.0, now - ref.since), 3),
+            "site": ref.site.name(),
+            "waiting": describe_waiting(d) if d is not None else [],
+        }
+
+
+def _since(ref: _TrackedRef) -> float:
+    return ref.since
+
+
+def describe_waiting(d: defer.Deferred[Any], limit: int = 3) -> list[str]:
+    """What waits on ``d``: its first callbacks' names and, for an ``inlineCallbacks``
+    generator or a coroutine driven by it, the suspended function and line."""
+    out: list[str] = []
+    callbacks = getattr(d, "_callbacks", None) or []
+    for (callback, args, _kw), _errback in callbacks[:limit]:
+        out.append(qualname(callback))
+        for arg in args or ():
+            where = suspended_at(arg)
+            if where is not None:
+                out.append(f"suspended at {where}")
+                break
+    chained = getattr(d, "_chainedTo", None)
+    if chained is not None:
+        out.append("chained to another Deferred")
+    return out
+
+
+def suspended_at(obj: object) -> str | None:
+    """For a generator or coroutine, ``"path.py:LINE in function"`` of the innermost
+    suspended frame outside ``twisted.internet.defer`` (awaiting a Deferred suspends in its
+    ``__iter__``, which says nothing); ``None`` for anything else."""
+    found = None
+    for _ in range(20):
+        frame = getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None)
+        if frame is None:
+            break
+        if frame.f_code.co_filename != defer.__file__ or found is None:
+            found = frame
+        obj = getattr(obj, "gi_yieldfrom", None) or getattr(obj, "cr_await", None)
+    if found is None:
+        return None
+    return frame_site(found.f_code.co_filename, found.f_lineno, found.f_code.co_qualname)

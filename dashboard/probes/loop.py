@@ -1,0 +1,298 @@
+"""The loop probe: reactor lag, busy share, iterations and blocking calls with their stacks.
+
+One hook does all the per-iteration work: a wrapper around the poller wait, the only place a
+reactor sleeps. It is ``reactor._poller.poll`` (epoll and poll reactors, through a thin proxy
+object), ``selectreactor._select`` (select reactor; a module global, so every SelectReactor),
+the asyncio event loop's ``_selector.select`` (asyncio reactor) or, as a last resort,
+``reactor.doIteration`` (then I/O dispatch counts as idle and blocks inside it are missed).
+
+* ``iterations_total`` counts poller waits: one per loop iteration on every reactor (for
+  asyncio, one per event-loop ``_run_once``, whether or not Twisted timers ran).
+* ``busy_ratio`` = 1 - time inside the wait / wall time, over the interval since the previous
+  ``collect()``.
+* Lag samples: when the wait returns, the earliest pending delayed call
+  (``reactor._pendingTimedCalls[0]``) is peeked; if it is already due, ``now - call.time`` is a
+  sample (the wake-up latency, or how long the previous busy span held it up). Every *block* is
+  a sample too: a busy span (leaving the wait to entering it again) of ``block_threshold_ms`` or
+  more, measured by the reactor thread itself, so a block is never missed even with no timer
+  due. A watchdog thread (:mod:`dashboard.probes.watchdog`) captures the main thread's stack
+  while the span still runs. ``lag_ms.last`` is the largest sample of the interval since the
+  previous ``collect()`` (0 when nothing was due); ``p50``/``p99``/``max`` cover ``window_s``.
+
+All times are the reactor clock's seconds (``reactor.seconds``: wall time on real reactors, so
+a Clock drives everything in unit tests); a wall-clock step can distort one span.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import select
+import threading
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource
+from dashboard.probes.lag_histogram import LagCounters, LagWindow, cumulative_le, finite_ms
+from dashboard.probes.wait_hook import timed_wait
+from dashboard.probes.watchdog import ReactorPulse, Watchdog
+
+#: Blocks kept for ``collect()``.
+MAX_BLOCKS = 50
+
+
+class _TimedPoller:
+    """Stands in for an epoll / poll object: ``poll`` is timed, the rest is the real object's."""
+
+    def __init__(self, real: Any, poll: Callable[..., Any]) -> None:
+        self._real = real
+        self.poll = poll
+        for name in ("register", "modify", "unregister", "fileno", "close"):
+            if hasattr(real, name):
+                setattr(self, name, getattr(real, name))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_real":  # not set yet (copy, pickle): never recurse
+            raise AttributeError(name)
+        return getattr(self._real, name)
+
+
+class LoopProbe:
+    """Loop health of one reactor. ``install``/``uninstall``/``collect`` run on the reactor thread;
+    the thread that calls ``install()`` is the one the watchdog watches.
+
+    ``block_threshold_ms``: a busy span this long is a block. ``window_s``: the time (clock
+    seconds) the lag percentiles cover. Set ``watchdog_enabled = False`` before ``install()`` to
+    drive :meth:`Watchdog.check` by hand (unit tests).
+    """
+
+    name = "loop"
+
+    def __init__(
+        self,
+        reactor: Any,
+        errors: ProbeErrors,
+        clock: TimeSource,
+        *,
+        block_threshold_ms: float = 100.0,
+        window_s: float = 900.0,
+    ) -> None:
+        self._reactor = reactor
+        self._errors = errors
+        self._clock = clock
+        self.threshold_s = block_threshold_ms / 1000.0
+        self.window_s = window_s
+        self.watchdog_enabled = True
+        self.watchdog_interval_s = 0.005  # the shortest sleep; see Watchdog
+        self.pulse = ReactorPulse()
+        self.lag = LagCounters()
+        self.watchdog: Watchdog | None = None
+        #: which wait is timed (None: no hook found, so no busy ratio and no blocks)
+        self.wait_hook: str | None = None
+        self.blocks_total = 0
+        self._blocks: deque[tuple[float, float, list[str]]] = deque(maxlen=MAX_BLOCKS)
+        self._window = LagWindow(len(self.lag.counts), window_s)
+        self._patcher = Patcher()
+        self._installed = False
+        # interval bookkeeping for collect()
+        self._prev_counts = list(self.lag.counts)
+        self._prev_idle_s = 0.0
+        self._prev_at = 0.0
+        self._closed_late_max_s = 0.0
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        self._installed = True
+        pulse = self.pulse
+        pulse.tick = math.inf  # no busy span is measured until the first wait returns
+        pulse.captured = None
+        self._prev_at = self._clock()
+        self._prev_idle_s = pulse.idle_s
+        try:
+            self._install_wait_hook()
+        except BaseException:
+            self._patcher.restore()
+            self._installed = False
+            raise
+        self.watchdog = Watchdog(
+            pulse,
+            thread_ident=threading.get_ident(),
+            threshold_s=self.threshold_s,
+            clock=self._clock,
+            on_error=self._record_error,
+            interval_s=self.watchdog_interval_s,
+        )
+        if self.watchdog_enabled and self.wait_hook is not None:
+            self.watchdog.start()
+
+    def uninstall(self) -> None:
+        if not self._installed:
+            return
+        self._installed = False
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self._patcher.restore()
+        self.wait_hook = None
+        self.pulse.tick = math.inf
+
+    def _record_error(self, exc: BaseException) -> None:
+        self._errors.record(self.name, exc)
+
+    # the hook ----------------------------------------------------------------------------
+
+    def _install_wait_hook(self) -> None:
+        reactor = self._reactor
+        loop = getattr(reactor, "_asyncioEventloop", None)
+        selector = getattr(loop, "_selector", None)
+        if selector is not None and hasattr(selector, "select"):
+            wrapper = self._timed(_signature_of(selector.select), selector.select)
+            self._patcher.patch(selector, "select", wrapper)
+            self.wait_hook = "asyncio selector.select"
+            return
+        poller = getattr(reactor, "_poller", None)
+        if poller is not None and hasattr(poller, "poll"):
+            proxy = _TimedPoller(poller, self._timed(_poller_signature(poller), poller.poll))
+            self._patcher.patch(reactor, "_poller", proxy)
+            self.wait_hook = "_poller.poll"
+            return
+        if _is_select_reactor(reactor):
+            from twisted.internet import selectreactor
+
+            self._patcher.patch(selectreactor, "_select", self._timed("any", selectreactor._select))
+            self.wait_hook = "selectreactor._select"
+            return
+        do_iteration = getattr(reactor, "doIteration", None)
+        if do_iteration is not None:
+            self._patcher.patch(reactor, "doIteration", self._timed("any", do_iteration))
+            self.wait_hook = "doIteration"
+
+    def _timed(self, signature: str, wait: Callable[..., Any]) -> Callable[..., Any]:
+        return timed_wait(
+            signature,
+            wait,
+            reactor=self._reactor,
+            clock=self._clock,
+            pulse=self.pulse,
+            lag=self.lag,
+            threshold_s=self.threshold_s,
+            end_block=self._end_block,
+            record_error=self._record_error,
+        )
+
+    def _end_block(self, now: float) -> None:
+        """Reactor thread, entering the wait after a busy span at or above the threshold."""
+        pulse = self.pulse
+        start = pulse.tick
+        busy_s = now - start
+        captured = pulse.captured
+        stack: list[str] = []
+        if captured is not None and captured[0] == start:
+            stack = captured[1]
+            pulse.captured = None
+        self.blocks_total += 1
+        self._blocks.append((start, busy_s, stack))
+        lag = self.lag
+        lag.counts[bisect_left(lag.bounds_s, busy_s)] += 1
+        lag.sum_s += busy_s
+        if busy_s > pulse.busy_max_s:
+            pulse.busy_max_s = busy_s
+
+    # reading -----------------------------------------------------------------------------
+
+    def max_lateness_ms(self) -> float:
+        """The largest delayed-call lateness of this sampling interval, ms: the interval closed by
+        the latest ``collect()`` merged with whatever ran since. Reactor thread."""
+        return round(max(self._closed_late_max_s, self.lag.late_max_s) * 1000.0, 3)
+
+    def lag_histogram(self) -> tuple[tuple[float, ...], list[int], float, int]:
+        """For a Prometheus histogram ``twisted_reactor_lag_seconds``: (bucket upper bounds in
+        seconds ending with +inf, ``le``-cumulative counts, sum of samples in seconds, sample
+        count), all since the probe was created. Reactor thread."""
+        lag = self.lag
+        counts = list(lag.counts)
+        return (*lag.bounds_s, math.inf), cumulative_le(counts), lag.sum_s, sum(counts)
+
+    def collect(self) -> JSONDict:
+        """The ``loop`` section; closes the current interval. Reactor thread."""
+        lag = self.lag
+        pulse = self.pulse
+        now = self._clock()
+        counts = list(lag.counts)
+        delta = [a - b for a, b in zip(counts, self._prev_counts, strict=True)]
+        self._prev_counts = counts
+        late_max_s, lag.late_max_s = lag.late_max_s, 0.0
+        busy_max_s, pulse.busy_max_s = pulse.busy_max_s, 0.0
+        self._closed_late_max_s = late_max_s
+        interval_max_s = max(late_max_s, busy_max_s)
+        window = self._window
+        if any(delta):
+            window.add_interval(now, delta, interval_max_s)
+        else:
+            window.expire(now)
+
+        wall_s = now - self._prev_at
+        idle_s = pulse.idle_s - self._prev_idle_s
+        self._prev_at = now
+        self._prev_idle_s = pulse.idle_s
+        busy_ratio: float | None = None
+        if self.wait_hook is not None and wall_s > 0:
+            busy_ratio = round(min(1.0, max(0.0, 1.0 - idle_s / wall_s)), 4)
+
+        bounds = lag.bounds_s
+        return {
+            "lag_ms": {
+                "last": finite_ms(interval_max_s),
+                "p50": finite_ms(window.percentile_s(0.50, bounds)),
+                "p99": finite_ms(window.percentile_s(0.99, bounds)),
+                "max": finite_ms(window.max_s()),
+                "samples": window.count,
+            },
+            "busy_ratio": busy_ratio,
+            "interval_s": round(max(wall_s, 0.0), 6),
+            "iterations_total": pulse.spans,
+            "blocks_total": self.blocks_total,
+            "blocks": [
+                {"at": round(at, 6), "duration_ms": finite_ms(dur), "stack": list(stack)}
+                for at, dur, stack in self._blocks
+            ],
+            "threshold_ms": round(self.threshold_s * 1000.0, 3),
+            "max_lateness_ms": round(late_max_s * 1000.0, 3),
+            "window_s": self.window_s,
+            "wait_hook": self.wait_hook,
+            "watchdog": self.watchdog is not None and self.watchdog.running,
+        }
+
+
+def _is_select_reactor(reactor: Any) -> bool:
+    from twisted.internet import selectreactor
+
+    return isinstance(reactor, selectreactor.SelectReactor) and (
+        type(reactor).doIteration is selectreactor.SelectReactor.doSelect
+    )
+
+
+def _poller_signature(poller: Any) -> str:
+    """The :data:`~dashboard.probes.wait_hook.SIGNATURES` key matching ``poller.poll``."""
+    epoll = getattr(select, "epoll", None)
+    if epoll is not None and isinstance(poller, epoll):
+        return "epoll.poll"
+    poll = getattr(select, "poll", None)
+    if poll is not None and type(poller) is type(poll()):
+        return "timeout"
+    return "any"
+
+
+def _signature_of(wait: Callable[..., Any]) -> str:
+    """The signature key for a selector's ``select``: "timeout" for ``(timeout=None)``."""
+    try:
+        params = list(inspect.signature(wait).parameters.values())
+    except (TypeError, ValueError):
+        return "any"
+    if len(params) == 1 and params[0].name == "timeout" and params[0].default is None:
+        return "timeout"
+    return "any"

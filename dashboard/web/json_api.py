@@ -1,0 +1,81 @@
+"""JSON answers and errors: every error is a JSON body naming the problem, never HTML."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.web.server import Request
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+class BadRequest(Exception):
+    """A request parameter is wrong; answered with 400 and ``message``."""
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.parameter = parameter
+
+
+def json_body(request: Request, body: bytes, status: int = 200) -> bytes:
+    """Answer with ``body`` (already JSON-encoded), uncached."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
+def json_answer(request: Request, data: Any, status: int = 200) -> bytes:
+    return json_body(request, json.dumps(data, separators=(",", ":")).encode(), status)
+
+
+def json_error(request: Request, status: int, error: str, message: str, **extra: Any) -> bytes:
+    """``{"error": error, "message": message, "status": status, ...}`` with that status."""
+    return json_answer(
+        request, {"error": error, "message": message, "status": status, **extra}, status
+    )
+
+
+def query_params(request: Request, allowed: Mapping[str, str]) -> dict[str, str]:
+    """The query parameters as text, one value each; unknown, repeated or undecodable
+    ones raise :class:`BadRequest`. ``allowed`` maps each name to its description."""
+    args: dict[bytes, list[bytes]] = request.args or {}
+    out: dict[str, str] = {}
+    for raw_name, values in args.items():
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("query parameter names must be UTF-8") from None
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise BadRequest(f"unknown query parameter {name!r} (accepted: {known})", name)
+        if len(values) != 1:
+            raise BadRequest(f"query parameter {name!r} given {len(values)} times", name)
+        try:
+            out[name] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"query parameter {name!r} must be UTF-8", name) from None
+    return out
+
+
+def int_param(value: str, name: str, low: int, high: int) -> int:
+    """``value`` as a decimal integer within [low, high], or :class:`BadRequest`."""
+    if not value.isascii() or not value.isdigit() or len(value) > 12:
+        raise BadRequest(
+            f"{name} must be an integer from {low} to {high}, got {value[:40]!r}", name
+        )
+    number = int(value)
+    if not low <= number <= high:
+        raise BadRequest(f"{name} must be from {low} to {high}, got {number}", name)
+    return number
+
+
+def bool_param(value: str, name: str) -> bool:
+    if value in ("1", "true"):
+        return True
+    if value in ("0", "false"):
+        return False
+    raise BadRequest(f"{name} must be one of 1, 0, true, false; got {value[:40]!r}", name)

@@ -1,0 +1,238 @@
+"""The Deferred probe, driven by a Clock: exact counts per site, ages, losses, restore."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from dashboard.probes.base import ProbeErrors
+from dashboard.probes.deferreds import DeferredsProbe
+
+
+def site_here(offset: int = 0) -> str:
+    """The site label of the caller's line (plus ``offset`` lines)."""
+    frame = sys._getframe(1)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno + offset} in {frame.f_code.co_qualname}"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def probe(clock: Clock, errors: ProbeErrors) -> Iterator[DeferredsProbe]:
+    p = DeferredsProbe(clock, errors, clock.seconds, top_sites=50, oldest=20)
+    p.install()
+    yield p
+    p.uninstall()
+
+
+def site_row(section: dict[str, Any], site: str) -> dict[str, Any]:
+    rows = [row for row in section["sites"] if row["site"] == site]
+    assert len(rows) == 1, (site, [r["site"] for r in section["sites"]])
+    row: dict[str, Any] = rows[0]
+    return row
+
+
+def test_counts_are_exact_per_site(probe: DeferredsProbe) -> None:
+    before = probe.collect()
+    made: list[defer.Deferred[int]] = []
+    for _ in range(7):
+        where = site_here(1)
+        made.append(defer.Deferred())
+    for d in made[:3]:
+        d.callback(1)
+    after = probe.collect()
+    assert after["created_total"] - before["created_total"] == 7
+    assert after["fired_total"] - before["fired_total"] == 3
+    assert after["pending"] - before["pending"] == 4
+    row = site_row(after, where)
+    assert (row["pending"], row["created_total"], row["fired_total"]) == (4, 7, 3)
+    for d in made[3:]:
+        d.errback(ValueError("x"))
+        d.addErrback(lambda _: None)
+    assert probe.collect()["pending"] == before["pending"]
+
+
+def test_succeed_and_fail_count_as_fired_at_the_callers_line(probe: DeferredsProbe) -> None:
+    before = probe.collect()
+    ok_site = site_here(1)
+    defer.succeed(1)
+    bad_site = site_here(1)
+    defer.fail(ValueError("boom")).addErrback(lambda _: None)
+    after = probe.collect()
+    assert after["created_total"] - before["created_total"] == 2
+    assert after["fired_total"] - before["fired_total"] == 2
+    assert after["pending"] == before["pending"]
+    # Fully fired sites are not among the busiest; they are still counted in the totals.
+    assert ok_site not in [r["site"] for r in after["sites"]]
+    assert bad_site not in [r["site"] for r in after["sites"]]
+
+
+def test_a_dropped_unfired_deferred_is_counted_lost(probe: DeferredsProbe, clock: Clock) -> None:
+    before = probe.collect()["unfired_collected_total"]
+    defer.Deferred()  # dropped at once: only the nursery holds it
+    clock.advance(0.1)
+    assert probe.collect()["unfired_collected_total"] == before + 1
+
+    kept = defer.Deferred[None]()
+    clock.advance(0.1)  # promoted: tracked by a weak reference
+    del kept
+    gc.collect()
+    assert probe.collect()["unfired_collected_total"] == before + 2
+
+    cyclic = defer.Deferred[None]()
+
+    def holds_its_deferred(result: None, me: object = cyclic) -> None:
+        return None
+
+    cyclic.addCallback(holds_its_deferred)  # a reference cycle: only gc can free it
+    del holds_its_deferred
+    del cyclic
+    clock.advance(0.1)
+    gc.collect()
+    section = probe.collect()
+    assert section["unfired_collected_total"] == before + 3
+    assert section["pending"] == probe.collect()["pending"]
+
+
+def test_fired_then_dropped_is_not_lost(probe: DeferredsProbe, clock: Clock) -> None:
+    before = probe.collect()
+    d = defer.Deferred[int]()
+    clock.advance(0.1)
+    d.callback(1)
+    del d
+    gc.collect()
+    after = probe.collect()
+    assert after["unfired_collected_total"] == before["unfired_collected_total"]
+    assert after["pending"] == before["pending"]
+
+
+def test_ages_and_oldest_order(probe: DeferredsProbe, clock: Clock) -> None:
+    first_site = site_here(1)
+    first = defer.Deferred[None]()
+    clock.advance(0.1)  # the sweep stamps it
+    clock.advance(10)
+    second_site = site_here(1) + ".<locals>.<listcomp>"
+    second = [defer.Deferred[None]() for _ in range(3)]
+    clock.advance(0.1)
+    clock.advance(5)
+    section = probe.collect()
+    assert section["oldest_pending_age_s"] == pytest.approx(15.1, abs=0.01)
+    assert site_row(section, first_site)["oldest_age_s"] == pytest.approx(15.1, abs=0.01)
+    assert site_row(section, second_site)["oldest_age_s"] == pytest.approx(5.0, abs=0.01)
+    oldest = [o for o in section["oldest"] if o["site"].startswith(__file__)]
+    assert [o["site"] for o in oldest[:4]] == [first_site] + [second_site] * 3
+    assert oldest[0]["age_s"] >= oldest[1]["age_s"]
+    first.callback(None)
+    still = [o["site"] for o in probe.collect()["oldest"] if o["site"].startswith(__file__)]
+    assert still[:3] == [second_site] * 3
+    for d in second:
+        d.callback(None)
+
+
+def test_oldest_is_bounded_and_sites_are_top_n(clock: Clock, errors: ProbeErrors) -> None:
+    probe = DeferredsProbe(clock, errors, clock.seconds, top_sites=5, oldest=3)
+    probe.install()
+    try:
+        namespace: dict[str, Any] = {"Deferred": defer.Deferred}
+        keep: list[Any] = []
+        for n in range(1, 9):  # 8 distinct sites with 1..8 pending each
+            exec(
+                compile(f"made = [Deferred() for _ in range({n})]", f"<site{n}>", "exec"), namespace
+            )
+            keep.extend(namespace["made"])
+        clock.advance(0.1)
+        section = probe.collect()
+        assert [row["pending"] for row in section["sites"]] == [8, 7, 6, 5, 4]
+        assert len(section["oldest"]) == 3
+        assert section["pending"] == 36
+    finally:
+        probe.uninstall()
+
+
+def test_waiting_names_the_suspended_generator_and_coroutine(
+    probe: DeferredsProbe, clock: Clock
+) -> None:
+    gate_site = site_here(1)
+    gate = defer.Deferred[None]()
+
+    @defer.inlineCallbacks
+    def stuck_generator() -> Any:
+        yield gate
+
+    inner = defer.Deferred[None]()
+
+    async def stuck_coroutine() -> None:
+        await inner
+
+    stuck_generator()
+    gen_line = stuck_generator.__wrapped__.__code__.co_firstlineno + 2  # type: ignore[attr-defined]
+    defer.Deferred.fromCoroutine(stuck_coroutine())
+    coro_line = stuck_coroutine.__code__.co_firstlineno + 1
+    clock.advance(0.1)
+    waits = {o["site"]: o["waiting"] for o in probe.collect()["oldest"]}
+    gate_waiting = waits[gate_site]
+    assert gate_waiting[0].endswith("_gotResultInlineCallbacks")
+    assert gate_waiting[1].endswith(f":{gen_line} in {stuck_generator.__qualname__}")
+    assert any(
+        w and w[-1].endswith(f":{coro_line} in {stuck_coroutine.__qualname__}")
+        for w in waits.values()
+    ), waits
+    gate.callback(None)
+    inner.callback(None)
+
+
+def test_nursery_is_bounded_without_sweeps(clock: Clock, errors: ProbeErrors) -> None:
+    probe = DeferredsProbe(clock, errors, clock.seconds, nursery_limit=64)
+    probe.install()
+    try:
+        keep = [defer.Deferred[None]() for _ in range(1000)]
+        assert len(probe._nursery) < 64
+        assert probe.collect()["pending"] == 1000
+        del keep
+    finally:
+        probe.uninstall()
+
+
+def test_uninstall_restores_by_identity_and_cycles_leave_nothing(
+    clock: Clock, errors: ProbeErrors
+) -> None:
+    names = ("__init__", "_startRunCallbacks", "_rd_site", "_rd_ref")
+    before = {name: vars(defer.Deferred).get(name) for name in names}
+    probe = DeferredsProbe(clock, errors, clock.seconds)
+    for _ in range(100):
+        probe.install()
+        probe.install()  # twice is harmless
+        defer.Deferred()
+        probe.uninstall()
+        probe.uninstall()
+    assert {name: vars(defer.Deferred).get(name) for name in names} == before
+    assert before["_rd_site"] is None and before["_rd_ref"] is None
+    assert clock.getDelayedCalls() == []
+    assert errors.counts == {}
+
+
+def test_a_failing_probe_never_breaks_user_deferreds(
+    probe: DeferredsProbe, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> Any:
+        raise RuntimeError("probe fault")
+
+    monkeypatch.setattr(probe, "_new_site", broken)
+    seen: list[int] = []
+    d = defer.Deferred[int]()  # a new line: a new site, so _new_site runs and fails
+    d.addCallback(seen.append)
+    d.callback(5)
+    assert seen == [5]
+    with pytest.raises(defer.AlreadyCalledError):
+        d.callback(6)
+    assert errors.counts["deferreds"] >= 1
+    assert "probe fault" in errors.last["deferreds"]

@@ -1,0 +1,537 @@
+# mypy: allow-untyped-calls
+"""The loop probe.
+
+Unit tests drive a fake reactor whose poller "waits" by advancing a ``Clock`` (exact busy
+ratios, lateness and block durations); integration tests run on the reactor under test
+(default or ``--reactor=asyncio``) and on PollReactor / SelectReactor instances iterated by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, pollreactor, selectreactor
+from twisted.internet.base import ReactorBase
+from twisted.internet.task import Clock, deferLater
+
+from dashboard.probes.base import ProbeErrors
+from dashboard.probes.loop import LoopProbe
+from dashboard.probes.watchdog import Watchdog, format_stack
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+THIS_FILE = "test_probe_loop.py"
+
+
+def async_test(func: _F) -> _F:
+    """``pytest_twisted.ensureDeferred``, typed."""
+    return cast(_F, pytest_twisted.ensureDeferred(func))
+
+
+def the_reactor() -> Any:
+    """The reactor under test (pytest-twisted's), typed loosely for mypy."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def watchdog_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "reactor-dashboard-watchdog"]
+
+
+def assert_json(section: Any) -> None:
+    json.dumps(section, allow_nan=False)
+
+
+# unit: a fake reactor driven by a Clock -------------------------------------------------
+
+
+class Due:
+    """A pending delayed call as the hook sees it (``time`` in clock seconds)."""
+
+    def __init__(self, time: float) -> None:
+        self.time = time
+
+
+class FakePoller:
+    """An epoll stand-in whose wait advances the clock by the timeout."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.registered: list[int] = []
+
+    def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
+        self.clock.advance(timeout or 0.0)
+        return [(7, 1)]
+
+    def register(self, fd: int, mask: int) -> None:
+        self.registered.append(fd)
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self._poller: Any = FakePoller(self.clock)
+        self._pendingTimedCalls: list[Any] = []
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def busy(self, seconds: float) -> None:
+        """Work on the reactor thread for ``seconds`` (clock time)."""
+        self.clock.advance(seconds)
+
+    def wait(self, seconds: float) -> Any:
+        """One loop iteration's poller wait."""
+        return self._poller.poll(seconds, -1)
+
+
+@pytest.fixture
+def fake() -> FakeReactor:
+    return FakeReactor()
+
+
+@pytest.fixture
+def probe(fake: FakeReactor, errors: ProbeErrors) -> Iterator[LoopProbe]:
+    p = LoopProbe(fake, errors, fake.seconds, block_threshold_ms=100, window_s=60)
+    p.watchdog_enabled = False
+    p.install()
+    yield p
+    p.uninstall()
+
+
+def test_busy_ratio_and_iterations_are_exact(probe: LoopProbe, fake: FakeReactor) -> None:
+    for _ in range(4):
+        fake.busy(0.03)
+        assert fake.wait(0.07) == [(7, 1)]  # the poller's answer passes through
+    first = probe.collect()
+    assert first["busy_ratio"] == pytest.approx(0.3)
+    assert first["interval_s"] == pytest.approx(0.4)
+    assert first["iterations_total"] == 4
+    assert first["wait_hook"] == "_poller.poll"
+    fake.wait(1.0)
+    idle = probe.collect()
+    assert idle["busy_ratio"] == 0.0
+    assert idle["iterations_total"] == 5
+    fake.busy(0.05)  # no wait at all: fully busy
+    assert probe.collect()["busy_ratio"] == 1.0
+    fake._poller.register(5, 1)  # the rest of the poller is the real one
+    assert fake._poller._real.registered == [5]
+
+
+def test_lateness_of_due_calls(probe: LoopProbe, fake: FakeReactor) -> None:
+    fake.wait(0.0)
+    fake._pendingTimedCalls.append(Due(fake.seconds() + 0.5))
+    fake.wait(0.75)  # wakes 250 ms after the call was due
+    fake._pendingTimedCalls[0] = Due(fake.seconds() + 10)  # not due: no sample
+    fake.wait(0.001)
+    assert probe.max_lateness_ms() == pytest.approx(250.0)
+    section = probe.collect()
+    assert section["max_lateness_ms"] == pytest.approx(250.0)
+    assert section["lag_ms"]["last"] == pytest.approx(250.0)
+    assert section["lag_ms"]["max"] == pytest.approx(250.0)
+    assert section["lag_ms"]["samples"] == 1
+    assert section["blocks_total"] == 0
+    # the interval is closed; the reading still covers it until something later
+    assert probe.max_lateness_ms() == pytest.approx(250.0)
+    fake.wait(0.001)
+    assert probe.collect()["lag_ms"]["last"] == 0.0
+    assert probe.max_lateness_ms() == 0.0
+
+
+def test_percentiles_over_the_window(
+    fake: FakeReactor, probe: LoopProbe, errors: ProbeErrors
+) -> None:
+    fake.wait(0.0)
+    for _ in range(99):  # 99 samples 0.8 ms late, then one 500 ms late
+        fake._pendingTimedCalls[:] = [Due(fake.seconds())]
+        fake.wait(0.0008)
+    fake._pendingTimedCalls[:] = [Due(fake.seconds())]
+    fake.wait(0.5)
+    fake._pendingTimedCalls.clear()
+    lag = probe.collect()["lag_ms"]
+    assert lag["samples"] == 100
+    assert 0.5 <= lag["p50"] <= 1.0  # inside the (0.5, 1] ms bucket
+    assert 0.5 <= lag["p99"] <= 1.0  # the 99th of 100 samples is still 0.8 ms
+    assert lag["max"] == pytest.approx(500.0)
+    # percentiles cover window_s (60 s): after it passes with nothing new, they are gone
+    fake.wait(30)
+    assert probe.collect()["lag_ms"]["max"] == pytest.approx(500.0)
+    fake.wait(40)
+    gone = probe.collect()["lag_ms"]
+    assert (gone["samples"], gone["max"], gone["p50"], gone["p99"]) == (0, None, None, None)
+    assert errors.counts == {}
+
+
+def test_lag_histogram_is_cumulative_since_creation(probe: LoopProbe, fake: FakeReactor) -> None:
+    fake.wait(0.0)
+    for late in (0.00001, 0.003, 0.003, 2.5):
+        fake._pendingTimedCalls[:] = [Due(fake.seconds())]
+        fake.wait(late)
+    probe.collect()  # collecting does not reset the Prometheus counts
+    bounds, counts, total_s, count = probe.lag_histogram()
+    assert bounds[-1] == float("inf") and len(bounds) == len(counts)
+    assert count == 4 and counts[-1] == 4
+    assert total_s == pytest.approx(2.50601)
+    le = dict(zip(bounds, counts, strict=True))
+    assert (le[0.00005], le[0.002], le[0.005], le[2.0], le[5.0]) == (1, 1, 3, 3, 4)
+    assert counts == sorted(counts)
+
+
+def test_a_block_is_recorded_with_the_stack_the_watchdog_caught(
+    probe: LoopProbe, fake: FakeReactor
+) -> None:
+    watchdog = probe.watchdog
+    assert watchdog is not None and not watchdog.running  # unit tests drive it by hand
+    fake.wait(0.01)
+    fake.busy(0.05)
+    assert not watchdog.check()  # 50 ms: not yet a block
+    fake.busy(0.1)
+    assert watchdog.check()  # 150 ms: caught, with this thread's stack
+    assert not watchdog.check()  # once per block
+    fake.busy(0.1)
+    start = fake.seconds() - 0.25
+    fake.wait(0.01)  # the reactor comes back: the block ends
+    assert not watchdog.check()  # a fresh busy span is not a block
+    section = probe.collect()
+    assert section["blocks_total"] == 1
+    (block,) = section["blocks"]
+    assert block["at"] == pytest.approx(start)
+    assert block["duration_ms"] == pytest.approx(250.0)
+    stack = block["stack"]
+    assert any(f"{THIS_FILE}:" in s and "in test_a_block_is_recorded" in s for s in stack)
+    assert "in check" in stack[-1]  # innermost last
+    assert section["lag_ms"]["max"] == pytest.approx(250.0)
+    assert section["busy_ratio"] == round(0.25 / 0.27, 4)
+
+
+def test_spans_below_the_threshold_and_uncaught_blocks(probe: LoopProbe, fake: FakeReactor) -> None:
+    fake.wait(0.01)
+    for _ in range(3):
+        fake.busy(0.099)
+        fake.wait(0.001)
+    assert probe.collect()["blocks_total"] == 0
+    fake.busy(0.12)  # no watchdog look: still counted, without a stack
+    fake.wait(0.0)
+    section = probe.collect()
+    assert section["blocks_total"] == 1
+    assert section["blocks"][0]["stack"] == []
+    assert section["blocks"][0]["duration_ms"] == pytest.approx(120.0)
+
+
+def test_blocks_are_bounded(probe: LoopProbe, fake: FakeReactor) -> None:
+    fake.wait(0.0)
+    for _ in range(80):
+        fake.busy(0.2)
+        fake.wait(0.0)
+    section = probe.collect()
+    assert section["blocks_total"] == 80
+    assert len(section["blocks"]) == 50
+    assert_json(section)
+
+
+def test_stack_depth_is_capped_innermost_kept() -> None:
+    def deep(n: int) -> list[str]:
+        return deep(n - 1) if n else format_stack(sys._getframe(), 40)
+
+    stack = deep(60)
+    assert len(stack) == 40
+    assert all("in deep" in s for s in stack)
+    assert f"{THIS_FILE}:" in stack[-1]
+
+
+def test_a_reactor_without_a_wait_hook(errors: ProbeErrors) -> None:
+    clock = Clock()
+    p = LoopProbe(clock, errors, clock.seconds)
+    p.install()
+    try:
+        assert watchdog_threads() == []
+        clock.advance(1)
+        section = p.collect()
+    finally:
+        p.uninstall()
+    assert section["busy_ratio"] is None
+    assert section["wait_hook"] is None
+    assert section["watchdog"] is False
+    assert section["iterations_total"] == 0
+    assert section["lag_ms"] == {"last": 0.0, "p50": None, "p99": None, "max": None, "samples": 0}
+    assert_json(section)
+
+
+def test_faults_in_the_hook_are_counted_and_never_reach_the_reactor(
+    fake: FakeReactor, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken:
+        @property
+        def time(self) -> float:
+            raise RuntimeError("boom")
+
+    p = LoopProbe(fake, errors, fake.seconds)
+    p.watchdog_enabled = False
+
+    def broken_end_block(now: float) -> None:
+        raise ValueError("end_block")
+
+    monkeypatch.setattr(p, "_end_block", broken_end_block)  # captured at install
+    p.install()
+    try:
+        fake._pendingTimedCalls.append(Broken())
+        assert fake.wait(0.01) == [(7, 1)]
+        fake.busy(0.3)
+        assert fake.wait(0.01) == [(7, 1)]
+        section = p.collect()
+    finally:
+        p.uninstall()
+    assert errors.counts == {"loop": 3}  # two broken peeks, one broken block record
+    assert errors.last["loop"] == "RuntimeError: boom"
+    assert section["iterations_total"] == 2
+
+
+def test_watchdog_errors_are_counted_from_its_thread(errors: ProbeErrors) -> None:
+    from dashboard.probes.watchdog import ReactorPulse
+
+    pulse = ReactorPulse()
+    pulse.tick = 0.0
+    seen: list[BaseException] = []
+
+    def bad_stack(frame: Any) -> list[str]:
+        raise RuntimeError("stack")
+
+    dog = Watchdog(
+        pulse,
+        thread_ident=threading.get_ident(),
+        threshold_s=0.1,
+        clock=lambda: 1.0,
+        on_error=seen.append,
+        interval_s=0.005,
+        format_stack=bad_stack,
+    )
+    dog.start()
+    try:
+        deadline = time.monotonic() + 2
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        dog.stop()
+    assert seen and isinstance(seen[0], RuntimeError)
+    assert not dog.running and pulse.captured is None
+
+
+# integration: the reactor under test ----------------------------------------------------
+
+
+def _wait_hook_target(reactor: Any) -> tuple[Any, str]:
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is not None:
+        return loop._selector, "select"
+    return reactor, "_poller"
+
+
+@async_test
+async def test_a_200ms_block_on_the_real_reactor(errors: ProbeErrors) -> None:
+    reactor = the_reactor()
+
+    probe = LoopProbe(reactor, errors, reactor.seconds)
+    probe.install()
+    try:
+        await deferLater(reactor, 0.05, lambda: None)  # the first wait has happened
+        before = probe.collect()
+
+        def block_the_reactor() -> str:
+            time.sleep(0.2)
+            return "done"
+
+        assert await deferLater(reactor, 0.01, block_the_reactor) == "done"
+        await deferLater(reactor, 0.05, lambda: None)
+        after = probe.collect()
+    finally:
+        probe.uninstall()
+    assert after["blocks_total"] - before["blocks_total"] == 1
+    block = after["blocks"][-1]
+    assert 180 <= block["duration_ms"] <= 400
+    assert any(f"{THIS_FILE}:" in s and "in block_the_reactor" in s for s in block["stack"])
+    assert "in block_the_reactor" in block["stack"][-1]  # the blocking frame is the innermost
+    assert abs(block["at"] - (time.time() - 0.05 - block["duration_ms"] / 1000)) < 1.0
+    assert after["lag_ms"]["max"] >= 150
+    assert after["iterations_total"] > before["iterations_total"]
+    assert after["watchdog"] is True
+    assert errors.counts == {}
+    assert_json(after)
+
+
+@async_test
+async def test_busy_ratio_busy_then_idle(errors: ProbeErrors) -> None:
+    reactor = the_reactor()
+
+    probe = LoopProbe(reactor, errors, reactor.seconds)
+    probe.install()
+    try:
+        await deferLater(reactor, 0.01, lambda: None)
+        probe.collect()
+        done: defer.Deferred[None] = defer.Deferred()
+        end = time.monotonic() + 0.4
+        steps = [0]
+
+        def spin() -> None:  # 5 ms of CPU per iteration, 0.4 s in all
+            steps[0] += 1
+            until = time.monotonic() + 0.005
+            while time.monotonic() < until:
+                pass
+            if time.monotonic() < end:
+                reactor.callLater(0, spin)
+            else:
+                done.callback(None)
+
+        before = probe.collect()["iterations_total"]
+        reactor.callLater(0, spin)
+        await done
+        busy = probe.collect()
+        await deferLater(reactor, 0.4, lambda: None)
+        idle = probe.collect()
+    finally:
+        probe.uninstall()
+    assert busy["busy_ratio"] >= 0.9
+    assert busy["iterations_total"] - before >= steps[0]  # one wait per callLater(0) step
+    assert idle["busy_ratio"] <= 0.1
+    assert busy["blocks_total"] == 0  # 5 ms steps are not blocks
+
+
+def test_install_uninstall_restores_by_identity_and_100_cycles(errors: ProbeErrors) -> None:
+    reactor = the_reactor()
+
+    owner, name = _wait_hook_target(reactor)
+    before = vars(owner).get(name, "<absent>")
+    threads_before = len(watchdog_threads())
+    probe = LoopProbe(reactor, errors, reactor.seconds)
+    for _ in range(100):
+        probe.install()
+        assert vars(owner)[name] is not before
+        assert probe.watchdog is not None and probe.watchdog.running
+        probe.uninstall()
+        assert vars(owner).get(name, "<absent>") is before
+    assert len(watchdog_threads()) == threads_before == 0
+    probe.uninstall()  # twice is harmless
+    assert errors.counts == {}
+
+
+@async_test
+async def test_a_failing_hook_leaves_the_user_code_alone(
+    errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reactor = the_reactor()
+
+    probe = LoopProbe(reactor, errors, reactor.seconds)
+
+    def broken(now: float) -> None:
+        raise RuntimeError("bookkeeping failed")
+
+    monkeypatch.setattr(probe, "_end_block", broken)
+    probe.install()
+    try:
+        await deferLater(reactor, 0.01, lambda: None)
+
+        def slow() -> int:
+            time.sleep(0.15)
+            return 42
+
+        assert await deferLater(reactor, 0.0, slow) == 42
+        assert await deferLater(reactor, 0.01, lambda: "next") == "next"
+        section = probe.collect()
+    finally:
+        probe.uninstall()
+    assert errors.counts == {"loop": 1}
+    assert section["blocks_total"] == 0
+
+
+# other reactors, iterated by hand -------------------------------------------------------
+
+
+def _dispose(r: Any) -> None:
+    """Close the file descriptors of a reactor instance that never ran."""
+    waker = r.waker
+    r.removeReader(waker)
+    waker.connectionLost(None)
+    poller: Any = getattr(r, "_poller", None)
+    if hasattr(poller, "close"):
+        poller.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "owner", "name", "hook"),
+    [
+        (pollreactor.PollReactor, None, "_poller", "_poller.poll"),
+        (selectreactor.SelectReactor, selectreactor, "_select", "selectreactor._select"),
+    ],
+    ids=["poll", "select"],
+)
+def test_poll_and_select_reactor_instances(
+    make: Callable[[], ReactorBase], owner: Any, name: str, hook: str, errors: ProbeErrors
+) -> None:
+    r = make()
+    try:
+        target = r if owner is None else owner
+        before = vars(target).get(name)
+        probe = LoopProbe(r, errors, r.seconds)
+        probe.install()
+        try:
+            assert probe.wait_hook == hook
+            r.iterate(0)
+            probe.collect()
+            results: list[str] = []
+
+            def sleeper() -> None:
+                time.sleep(0.2)
+                results.append("slept")
+
+            r.callLater(0, sleeper)
+            r.iterate(0)  # runs sleeper, then waits: the block ends
+            r.iterate(0)
+            section = probe.collect()
+        finally:
+            probe.uninstall()
+        assert vars(target).get(name) is before
+        assert results == ["slept"]
+        assert section["iterations_total"] == 3
+        assert section["blocks_total"] == 1
+        block = section["blocks"][0]
+        assert 180 <= block["duration_ms"] <= 400
+        assert "in sleeper" in block["stack"][-1]
+        assert section["busy_ratio"] >= 0.9
+        assert errors.counts == {}
+    finally:
+        _dispose(r)
+
+
+def test_the_timed_wait_keeps_the_wrapped_signature() -> None:
+    """Keyword and omitted arguments reach the real wait unchanged."""
+    seen: list[tuple[Any, ...]] = []
+
+    class Poller:
+        def poll(self, timeout: float | None = None, maxevents: int = -1) -> str:
+            seen.append((timeout, maxevents))
+            return "ok"
+
+    class R:
+        def __init__(self) -> None:
+            self._poller: Any = Poller()
+
+        seconds = staticmethod(time.time)
+
+    r = R()
+    p = LoopProbe(r, ProbeErrors(), r.seconds)
+    p.watchdog_enabled = False
+    p.install()
+    try:
+        assert r._poller.poll() == "ok"
+        assert r._poller.poll(0.0, maxevents=3) == "ok"
+        assert r._poller.poll(timeout=0.0) == "ok"
+    finally:
+        p.uninstall()
+    assert seen == [(None, -1), (0.0, 3), (0.0, -1)]
