@@ -129,8 +129,13 @@ class DeferredsProbe:
         self._sweep_interval_s = sweep_interval_s
         self._nursery_limit = nursery_limit
         self._patcher = Patcher()
+        #: (id(code), instruction offset) -> site: the hot-path key (no line lookup)
         self._sites: dict[tuple[int, int], _Site] = {}
+        #: (id(code), line) -> site: one site per line of code
+        self._sites_by_line: dict[tuple[int, int], _Site] = {}
         self._other = _Site(None, 0, "<other sites>")
+        #: Deferreds made by succeed(): created fired, counted but not located
+        self._born_fired = [0]
         #: new Deferreds not yet fired, until the next sweep: Deferred -> its site
         self._nursery: dict[defer.Deferred[Any], _Site] = {}
         #: weak references whose Deferred was collected; drained on the reactor thread
@@ -146,8 +151,10 @@ class DeferredsProbe:
         self._installed = True
         # Fresh tables: Deferreds from an earlier run point at the old ones, harmlessly.
         self._sites = {}
+        self._sites_by_line = {}
         self._other = _Site(None, 0, "<other sites>")
         self._graveyard.clear()
+        self._born_fired = [0]
         cls = defer.Deferred
         original_init: Callable[..., None] = cls.__init__
         original_start: Callable[[Any, object], None] = cls._startRunCallbacks
@@ -161,29 +168,29 @@ class DeferredsProbe:
         errors = self._errors
         other = self._other
         probe = self
+        born_fired = self._born_fired
 
         def __init__(self: Any, canceller: Any = None) -> None:
             original_init(self, canceller)
             try:
                 frame: types.FrameType | None = _getframe(1)
-                via_succeed = False
-                while frame is not None:
-                    cid = id(frame.f_code)
-                    if cid not in transparent:
+                cid = id(frame.f_code)  # type: ignore[union-attr]
+                if cid == succeed_code_id:
+                    # Born fired (succeed() sets .called itself): it can never be pending,
+                    # so it is counted, not located; walking to its caller costs the most.
+                    born_fired[0] += 1
+                    return
+                while cid in transparent:
+                    frame = frame.f_back  # type: ignore[union-attr]
+                    if frame is None:
                         break
-                    if cid == succeed_code_id:
-                        via_succeed = True
-                    frame = frame.f_back
+                    cid = id(frame.f_code)
                 if frame is None:
                     site = other
                 else:
-                    key = (cid, frame.f_lineno)
+                    key = (cid, frame.f_lasti)
                     site = sites.get(key) or probe._new_site(key, frame)
                 site.created += 1
-                if via_succeed:
-                    # succeed() sets .called itself, bypassing _startRunCallbacks.
-                    site.fired += 1
-                    return
                 nursery[self] = site
                 if len(nursery) >= nursery_limit:
                     sweep()
@@ -218,15 +225,20 @@ class DeferredsProbe:
         self._timer = None
         self._nursery.clear()
         # Promoted Deferreds keep their weak references; drop ours so no callback runs later.
-        for site in self._sites.values():
+        for site in self._sites_by_line.values():
             site.tracked.clear()
 
     # hot-path helpers --------------------------------------------------------------------
 
     def _new_site(self, key: tuple[int, int], frame: types.FrameType) -> _Site:
-        if len(self._sites) >= MAX_SITES:
-            return self._other
-        site = _Site(frame.f_code, key[1])
+        """The site for a new ``(id(code), instruction offset)`` key: one per line of code,
+        shared by the instructions of that line."""
+        line_key = (key[0], frame.f_lineno)
+        site = self._sites_by_line.get(line_key)
+        if site is None:
+            if len(self._sites_by_line) >= MAX_SITES:
+                return self._other
+            site = self._sites_by_line[line_key] = _Site(frame.f_code, line_key[1])
         self._sites[key] = site
         return site
 
@@ -282,8 +294,9 @@ class DeferredsProbe:
         """The ``deferreds`` section. Reactor thread. Costs O(sites + shown)."""
         self.sweep()
         now = self._clock()
-        all_sites = [*self._sites.values(), self._other]
-        created = fired = lost = 0
+        all_sites = [*self._sites_by_line.values(), self._other]
+        created = fired = self._born_fired[0]
+        lost = 0
         for site in all_sites:
             created += site.created
             fired += site.fired
