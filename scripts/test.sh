@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System tools the suite drives: wrk (HTTP benchmark smoke run).
+# System tools the suite drives: wrk (HTTP benchmark smoke run), Debian's chromium (browser
+# tests through Playwright, never a downloaded browser), prometheus and promtool.
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
