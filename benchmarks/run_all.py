@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from benchmarks import bench_deferreds, bench_http, bench_snapshot
+from benchmarks import bench_deferreds, bench_http, bench_prometheus, bench_snapshot, bench_sse
 from benchmarks.common import Result, print_table
 
 
@@ -14,6 +14,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     results: list[Result] = []
     results += bench_deferreds.main(args)
     results += bench_snapshot.main(args)
+    results += bench_prometheus.main(args)
+    results += bench_sse.main(args)
     results += bench_http.main([*args, "--kind", "klein"])
     results += bench_http.main([*args, "--kind", "web"])
     print("\n== all ==")

@@ -1,4 +1,4 @@
-"""The ``reactor-dashboard`` command."""
+"""The ``reactor-dashboard`` command: ``demo`` and ``run``."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dashboard.attach import USAGE as RUN_USAGE
+from dashboard.attach import parse_port
+
 
 def port_number(text: str) -> int:
     try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be from 0 to 65535, got {port}")
-    return port
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=port_number, default=8089, help="dashboard port (8089)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    # ``run`` parses its own arguments (everything after the program is the program's), see
+    # dashboard.attach; it is declared here for ``--help``.
+    commands.add_parser(
+        "run",
+        help="run a Twisted program (script.py or -m module) with the dashboard attached",
+        description=RUN_USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["run"]:
+        from dashboard.attach import main as run_main
+
+        return run_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
     if args.command == "demo":
         from twisted.internet import reactor
 

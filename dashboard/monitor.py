@@ -7,7 +7,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.base import DelayedCall
@@ -23,6 +23,9 @@ from dashboard.probes.pools import PoolsProbe, TrackablePool
 from dashboard.probes.process import ProcessProbe
 from dashboard.probes.timeouts import TimeoutsProbe
 from dashboard.web.binding import loopback_endpoint
+
+if TYPE_CHECKING:
+    from dashboard.web.prometheus import SnapshotCollector
 
 DEFAULT_ENDPOINT = "tcp:8089:interface=127.0.0.1"
 
@@ -264,13 +267,20 @@ class Monitor:
         string). A TCP endpoint without ``interface=`` binds 127.0.0.1; a non-loopback
         interface needs ``allow_remote=True``."""
         from twisted.internet.endpoints import serverFromString
-        from twisted.web.server import Site
+
+        from dashboard.web.quiet_site import QuietSite
 
         description = loopback_endpoint(endpoint, allow_remote=allow_remote)
-        site = Site(self.resource())
-        site.displayTracebacks = False
+        site = QuietSite(self.resource())
         port: Deferred[IListeningPort] = serverFromString(self.reactor, description).listen(site)
         return port
+
+    def prometheus_collector(self) -> SnapshotCollector:
+        """A prometheus_client collector of this monitor's figures, computed at scrape time
+        from the newest sample; add it to your own registry."""
+        from dashboard.web.prometheus import SnapshotCollector
+
+        return SnapshotCollector(self)
 
     # pools -------------------------------------------------------------------------------
 

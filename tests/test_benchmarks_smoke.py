@@ -29,6 +29,10 @@ def test_every_benchmark_runs_at_smoke_size() -> None:
         "memory per pending Deferred",
         "snapshot at scale",
         "memory per connection",
+        "prometheus scrape (route)",
+        "prometheus scrape (100 sites labelled)",
+        "sse 10 clients extra CPU",
+        "sse 10 clients arrival spread p99",
         "klein hello under wrk",
         "web hello under wrk",
     }

@@ -25,7 +25,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server
+from twisted.web import resource, server
 
 from dashboard.probes import connection_detail, connection_registry, connections
 from dashboard.probes.base import ProbeErrors
@@ -52,7 +52,6 @@ PATCHED: list[tuple[type, str]] = [
     (tcp.Port, "startListening"),
     (tcp.Port, "connectionLost"),
     (unix.Port, "startListening"),
-    (http.Request, "__init__"),
 ]
 if connection_detail.TLSMemoryBIOProtocol is not None:
     PATCHED.append((connection_detail.TLSMemoryBIOProtocol, "makeConnection"))
@@ -347,7 +346,7 @@ def test_http_in_flight_requests_with_clock(
     t = fake_server(mreactor, proto)
     mreactor.advance(2)
     long_uri = b"/" + b"a" * 300
-    proto.dataReceived(b"GET /slow?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    t._dataReceived(b"GET /slow?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
     mreactor.advance(3)
     item = probe.collect()["items"][-1]
     assert item["protocol"] == "twisted.web.http.HTTPChannel"
@@ -356,12 +355,12 @@ def test_http_in_flight_requests_with_clock(
     assert item["requests_in_flight"] == 1
     hang.requests[0].finish()
     # Request line in, headers still arriving: the request shows what the line said.
-    proto.dataReceived(b"POST " + long_uri + b" HTTP/1.1\r\nHost: x\r\n")
+    t._dataReceived(b"POST " + long_uri + b" HTTP/1.1\r\nHost: x\r\n")
     mreactor.advance(0.25)
     [req] = probe.collect()["items"][-1]["requests"]
     assert (req["method"], req["age_s"], len(req["uri"])) == ("POST", 0.25, 200)
     assert req["uri"] == "/" + "a" * 196 + "..."
-    proto.dataReceived(b"Content-Length: 0\r\n\r\n")
+    t._dataReceived(b"Content-Length: 0\r\n\r\n")
     [req] = probe.collect()["items"][-1]["requests"]
     assert (req["method"], req["uri"][:4]) == ("POST", "/aaa")
     hang.requests[1].finish()

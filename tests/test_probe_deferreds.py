@@ -11,6 +11,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from dashboard.probes import deferreds
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.deferreds import DeferredsProbe
 
@@ -236,3 +237,42 @@ def test_a_failing_probe_never_breaks_user_deferreds(
         d.callback(6)
     assert errors.counts["deferreds"] >= 1
     assert "probe fault" in errors.last["deferreds"]
+
+
+def test_inlined_init_matches_twisted_and_falls_back_otherwise(
+    clock: Clock, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert deferreds.init_is_plain(defer.Deferred.__init__)
+
+    def grown(self: Any, canceller: Any = None) -> None:
+        self._callbacks = []
+        self._canceller = canceller
+        self.extra = 1
+
+    assert not deferreds.init_is_plain(grown)
+    for plain in (True, False):
+        monkeypatch.setattr(deferreds, "init_is_plain", lambda _init, plain=plain: plain)
+        probe = DeferredsProbe(clock, errors, clock.seconds)
+        probe.install()
+        try:
+            cancelled: list[object] = []
+            d = defer.Deferred[None](cancelled.append)
+            assert probe.collect()["pending"] == 1
+            d.cancel()
+            assert cancelled == [d]
+            assert probe.collect()["pending"] == 0
+            d.addErrback(lambda _: None)
+        finally:
+            probe.uninstall()
+
+
+def test_debug_mode_still_records_twisteds_creator_stack(probe: DeferredsProbe) -> None:
+    defer.setDebugging(True)
+    try:
+        d = defer.Deferred[None]()
+    finally:
+        defer.setDebugging(False)
+    assert d._debugInfo is not None
+    assert any("test_debug_mode_still_records" in line for line in d._debugInfo.creator or [])
+    assert d._callbacks == []
+    d.callback(None)

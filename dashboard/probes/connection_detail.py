@@ -24,7 +24,6 @@ except ImportError:  # pragma: no cover - pyOpenSSL comes with twisted[tls] (via
 
 __all__ = [
     "MAX_REQUESTS_PER_CONNECTION",
-    "REQUEST_STARTED_ATTR",
     "TLSMemoryBIOFactory",
     "TLSMemoryBIOProtocol",
     "describe",
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 #: Attribute the ``http.Request.__init__`` hook sets on each request: its start, clock seconds.
-REQUEST_STARTED_ATTR = "_reactor_dashboard_started_s"
 #: In-flight requests listed per HTTP connection (pipelined requests queue up).
 MAX_REQUESTS_PER_CONNECTION = 10
 #: Longest method / URI string kept, in characters.
@@ -105,13 +103,14 @@ def unwrap_protocol(protocol: object) -> tuple[object, bool]:
     return protocol, tls
 
 
-def _requests(channel: http.HTTPChannel, now: float) -> tuple[list[JSONDict], int]:
+def _requests(channel: http.HTTPChannel, age_s: float) -> tuple[list[JSONDict], int]:
+    """In-flight requests of ``channel``; ``age_s`` is the time since bytes last came in on its
+    connection (for HTTP/1.1, since its request arrived; pipelined requests share it)."""
     queue = channel.requests
     shown: list[JSONDict] = []
     last = queue[-1] if queue else None
     for request in queue[:MAX_REQUESTS_PER_CONNECTION]:
         fields = request.__dict__
-        started = fields.get(REQUEST_STARTED_ATTR)
         method, uri = fields.get("method"), fields.get("uri")
         if method is None and request is last:
             # Headers still arriving: the channel holds the parsed request line meanwhile.
@@ -121,7 +120,7 @@ def _requests(channel: http.HTTPChannel, now: float) -> tuple[list[JSONDict], in
             {
                 "method": text(request.method if method is None else method),
                 "uri": text(request.uri if uri is None else uri),
-                "age_s": None if started is None else round(max(0.0, now - started), 3),
+                "age_s": round(max(0.0, age_s), 3),
             }
         )
     return shown, len(queue)
@@ -149,7 +148,7 @@ def describe(entry: ConnEntry, transport: Any, now: float) -> JSONDict:
         "producer_paused": bool(transport.producerPaused),
     }
     if isinstance(app, http.HTTPChannel):
-        item["requests"], item["requests_in_flight"] = _requests(app, now)
+        item["requests"], item["requests_in_flight"] = _requests(app, now - entry.last_in)
     return item
 
 

@@ -52,7 +52,7 @@ class ConnEntry(weakref.ref):  # type: ignore[type-arg]
     (for TLS, the encrypted bytes).
     """
 
-    __slots__ = ("bytes_in", "bytes_out", "created", "key", "kind", "tls")
+    __slots__ = ("bytes_in", "bytes_out", "created", "key", "kind", "last_in", "tls")
 
     key: int
     created: float
@@ -60,6 +60,8 @@ class ConnEntry(weakref.ref):  # type: ignore[type-arg]
     tls: bool
     bytes_in: int
     bytes_out: int
+    #: when bytes last came in (clock seconds; ``created`` until then)
+    last_in: float
 
 
 class PortEntry(weakref.ref):  # type: ignore[type-arg]
@@ -154,6 +156,7 @@ class ConnectionRegistry:
         entry.kind = kind
         entry.tls = False
         entry.bytes_in = 0
+        entry.last_in = entry.created
         entry.bytes_out = 0
         entries[key] = entry
         self.open_by_kind[kind] += 1

@@ -6,12 +6,16 @@ Routes are relative to wherever the resource is mounted, so any prefix works.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from klein import Klein
+from klein.interfaces import IKleinRequest
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
+from dashboard.web import page
 from dashboard.web.json_api import (
     BadRequest,
     bool_param,
@@ -21,8 +25,13 @@ from dashboard.web.json_api import (
     json_error,
     query_params,
 )
+from dashboard.web.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dashboard.web.prometheus import SnapshotCollector, exposition
+from dashboard.web.sse import EventHub
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from dashboard.monitor import Monitor
 
 READ_METHODS = ["GET", "HEAD"]
@@ -33,13 +42,29 @@ class DashboardApp:
 
     app = Klein()
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Monitor, *, events: EventHub | None = None) -> None:
         self.monitor = monitor
+        #: The SSE fan-out of this app (at most 100 streams unless given another hub).
+        self.events = events if events is not None else EventHub(monitor)
 
     @app.route("/", methods=READ_METHODS)
     def index(self, request: Request) -> bytes:
-        # The HTML page comes with the web issue; until then the root serves the JSON.
-        return self.snapshot(request)
+        """The HTML dashboard, with the newest sample as its initial data."""
+        redirect = page.slash_redirect(request)
+        if redirect is not None:
+            return redirect
+        config = page.page_config(self.monitor.history_seconds, self.monitor.interval)
+        return page.serve_page(request, self.monitor.latest().data, config)
+
+    # merge_slashes=False: "static//etc/passwd" is refused here, not redirected by werkzeug.
+    @app.route("/static/", branch=True, methods=READ_METHODS, merge_slashes=False)
+    def static(self, request: Request) -> bytes:
+        """The page's scripts, styles and vendored libraries, from the static/ folder."""
+        name = "/".join(IKleinRequest(request).branch_segments)
+        entry = page.page_assets().static_file(name)
+        if entry is None:
+            raise NotFound()
+        return page.serve_static(request, entry)
 
     @app.route("/api/v1/snapshot", methods=READ_METHODS)
     def snapshot(self, request: Request) -> bytes:
@@ -57,6 +82,21 @@ class DashboardApp:
         seconds = int_param(params.get("seconds", str(span)), "seconds", 1, span)
         samples = b",".join(s.encoded for s in self.monitor.samples(seconds=seconds))
         return json_body(request, b'{"seconds":%d,"samples":[%s]}' % (seconds, samples))
+
+    @app.route("/metrics", methods=READ_METHODS)
+    def metrics(self, request: Request) -> bytes:
+        """Prometheus text exposition of the newest sample (no new snapshot is taken)."""
+        query_params(request, {})
+        body = exposition(SnapshotCollector(self.monitor))
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+    @app.route("/api/v1/events", methods=READ_METHODS)
+    def events_stream(self, request: Request) -> bytes | Deferred[bytes]:
+        """Server-sent events: one ``snapshot`` event per sample (see dashboard/web/sse.py).
+        Returns a Deferred that fires when the stream ends; never gzip this route."""
+        return self.events.serve(request)
 
     @app.route("/api/", branch=True, methods=READ_METHODS)
     def unknown_api(self, request: Request) -> bytes:
@@ -86,6 +126,19 @@ class DashboardApp:
             f"{method[:20]} is not allowed here",
             allowed=allowed,
         )
+
+    @app.handle_errors(RequestRedirect)
+    def redirect(self, request: Request, failure: Failure) -> bytes:
+        """werkzeug's canonical-URL redirects, e.g. ``/_reactor`` -> ``/_reactor/`` when the
+        app is mounted with ``putChild`` (the path reaches the app empty)."""
+        exc: Any = failure.value
+        target = urlsplit(exc.new_url)
+        if target.path.encode() == request.path + b"/":
+            return page.slash_redirect(request) or b""
+        location = target.path + (f"?{target.query}" if target.query else "")
+        request.setResponseCode(308)
+        request.setHeader(b"Location", location.encode())
+        return b""
 
     @app.handle_errors(Exception)
     def internal_error(self, request: Request, failure: Failure) -> bytes:

@@ -1,0 +1,322 @@
+"""``reactor-dashboard run``: run an unmodified Twisted program with the monitor installed.
+
+The order matters and is the whole trick: the reactor is installed first (the default one, or
+``--reactor NAME``), then a :class:`~dashboard.monitor.Monitor` is started on it and the
+dashboard is served on 127.0.0.1, and only then does the program's own code run, through
+:mod:`runpy` exactly as ``python script.py`` / ``python -m module`` would run it
+(``__name__ == "__main__"``, ``sys.argv`` as the program expects). So every Deferred,
+connection and pool the program makes is seen from its first line.
+
+Everything here runs on the main thread, before and around the program's ``reactor.run()``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import runpy
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import attrs
+from twisted.python.failure import Failure
+
+DEFAULT_PORT = 8089
+PROG = "reactor-dashboard run"
+
+USAGE = f"""\
+usage: {PROG} [--port P] [--reactor NAME] script.py [args ...]
+       {PROG} [--port P] [--reactor NAME] -m module [args ...]
+
+Run a Twisted program, unmodified, with the Reactor Dashboard installed before its code runs
+and served on http://127.0.0.1:P/ (the program's own output is left alone; the dashboard's
+address is printed on stderr).
+
+options (before the program; everything after it is the program's own):
+  --port P         dashboard port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)
+  --reactor NAME   install this reactor instead of the default one (e.g. asyncio, select,
+                   poll, epoll). The reactor is installed before the program runs, so a
+                   program that installs its own (or twist's --reactor) must not: give the
+                   name here instead.
+  -m module        run a module as ``python -m module`` does (e.g. -m twisted web --path .)
+  -h, --help       show this help
+"""
+
+
+class RunUsageError(Exception):
+    """Bad usage of ``run``: reported as one line on stderr, exit status 2. ``show_help``
+    adds a pointer to ``--help`` (for mistakes on the command line itself)."""
+
+    def __init__(self, message: str, *, show_help: bool = True) -> None:
+        super().__init__(message)
+        self.show_help = show_help
+
+
+@attrs.frozen
+class RunOptions:
+    """What ``run`` was asked to do: the program is a script path or a module name."""
+
+    port: int = DEFAULT_PORT
+    reactor_name: str | None = None
+    script: str | None = None
+    module: str | None = None
+    args: tuple[str, ...] = ()
+
+    @property
+    def target(self) -> str:
+        return self.module if self.module is not None else str(self.script)
+
+
+def parse_port(text: str) -> int:
+    """A TCP port number 0..65535 from ``text``; ``ValueError`` naming the problem otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be from 0 to 65535, got {port}")
+    return port
+
+
+def parse_run_args(argv: Sequence[str]) -> RunOptions | None:
+    """Parse ``run``'s own options up to the program; the rest belongs to the program.
+
+    Like the ``python`` command, options are only read before the target, so
+    ``run -m twisted web --port 80`` hands ``--port 80`` to twist. Returns ``None`` for
+    ``--help``; raises :class:`RunUsageError` on bad usage.
+    """
+    port = DEFAULT_PORT
+    reactor_name: str | None = None
+    index = 0
+
+    def value_of(option: str, inline: str | None) -> str:
+        nonlocal index
+        if inline is not None:
+            return inline
+        index += 1
+        if index >= len(argv):
+            raise RunUsageError(f"{option} needs a value")
+        return argv[index]
+
+    while index < len(argv):
+        arg = argv[index]
+        name, has_inline, inline_value = arg.partition("=")
+        inline = inline_value if has_inline else None
+        if arg in ("-h", "--help"):
+            return None
+        if name == "--port":
+            try:
+                port = parse_port(value_of("--port", inline))
+            except ValueError as exc:
+                raise RunUsageError(f"--port: {exc}") from None
+        elif name == "--reactor":
+            reactor_name = value_of("--reactor", inline).strip()
+            if not reactor_name:
+                raise RunUsageError("--reactor needs a reactor name")
+        elif arg.startswith("-m"):
+            module = arg[2:] or value_of("-m", None)
+            if not module or module.startswith("-"):
+                raise RunUsageError(f"-m needs a module name, got {module!r}")
+            rest = tuple(argv[index + 1 :])
+            return RunOptions(port, reactor_name, module=module, args=rest)
+        elif arg == "--":
+            index += 1
+            break
+        elif arg.startswith("-") and arg != "-":
+            raise RunUsageError(f"unknown option {arg!r} (options go before the program)")
+        else:
+            break
+        index += 1
+    if index >= len(argv):
+        raise RunUsageError("missing the program to run: give script.py or -m module")
+    script = argv[index]
+    return RunOptions(port, reactor_name, script=script, args=tuple(argv[index + 1 :]))
+
+
+def check_script(path: str) -> None:
+    """Refuse, before anything is installed, a script that ``python`` could not run."""
+    if not os.path.exists(path):
+        raise RunUsageError(f"no such script: {path!r}")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "__main__.py")):
+        raise RunUsageError(f"{path!r} is a directory without a __main__.py")
+
+
+def check_module(name: str) -> None:
+    """Refuse a module that ``python -m`` could not run. Imports its parent packages."""
+    try:
+        spec = importlib.util.find_spec(name)
+        is_package = spec is not None and spec.submodule_search_locations is not None
+        if is_package and importlib.util.find_spec(f"{name}.__main__") is None:
+            raise RunUsageError(f"{name!r} is a package without a __main__ module")
+    except (ImportError, ValueError) as exc:
+        raise RunUsageError(f"cannot find module {name!r}: {exc}") from None
+    if spec is None:
+        raise RunUsageError(f"no module named {name!r}")
+
+
+def install_reactor(name: str | None) -> Any:
+    """Install and return the global reactor: the default one, or the one called ``name``
+    (a ``twisted.application.reactors`` short name, as ``twist --reactor`` takes)."""
+    if "twisted.internet.reactor" in sys.modules:
+        # Only possible when called in-process after something else installed one.
+        raise RunUsageError("a reactor is already installed in this process", show_help=False)
+    if name is None or name == "default":
+        from twisted.internet import reactor
+
+        return reactor
+    from twisted.application.reactors import NoSuchReactor, getReactorTypes, installReactor
+
+    try:
+        return installReactor(name)
+    except NoSuchReactor:
+        names = ", ".join(r.shortName for r in getReactorTypes())
+        raise RunUsageError(f"--reactor: no reactor called {name!r} (known: {names})") from None
+    except Exception as exc:  # ImportError, or whatever the reactor's own install() raises
+        raise RunUsageError(f"--reactor: {name!r} is not available here: {exc}") from None
+
+
+def serve_dashboard(reactor: Any, monitor: Any, port: int) -> Any:
+    """Listen on 127.0.0.1:``port`` now (before the reactor runs); the listening port.
+
+    TCP endpoints listen synchronously, so a port in use is known here, before the program
+    starts, and becomes a :class:`RunUsageError`.
+    """
+    outcome: list[Any] = []
+    monitor.listen(port).addBoth(outcome.append)
+    if not outcome:
+        raise RunUsageError(
+            f"the dashboard did not start listening on 127.0.0.1:{port}", show_help=False
+        )
+    result = outcome[0]
+    if isinstance(result, Failure):
+        reason = getattr(result.value, "socketError", None)
+        message = reason.strerror if isinstance(reason, OSError) else None
+        raise RunUsageError(
+            f"cannot serve the dashboard on 127.0.0.1:{port}:"
+            f" {message or result.getErrorMessage()} (choose another with --port)",
+            show_help=False,
+        )
+    return result
+
+
+@contextmanager
+def program_environment(argv: list[str], path_entry: str | None) -> Iterator[None]:
+    """``sys.argv`` and ``sys.path[0]`` as ``python`` would give the program; restored after."""
+    saved_argv = sys.argv[:]
+    saved_path = sys.path[:]
+    sys.argv[:] = argv
+    if path_entry is not None:
+        sys.path.insert(0, path_entry)
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved_argv
+        sys.path[:] = saved_path
+
+
+def execute(options: RunOptions) -> None:
+    """Run the program's code in this process, as ``__main__``. Its exceptions and
+    ``SystemExit`` propagate."""
+    if options.module is not None:
+        # ``python -m`` puts the current directory first on sys.path; run_module's
+        # alter_sys sets sys.argv[0] to the module's file, as ``python -m`` does.
+        with program_environment(["-m", *options.args], os.getcwd()):
+            runpy.run_module(options.module, run_name="__main__", alter_sys=True)
+        return
+    script = str(options.script)
+    is_plain_file = os.path.isfile(script) and not _is_zip(script)
+    # ``python script.py`` puts the script's directory first; run_path adds a directory or
+    # zip file itself.
+    entry = os.path.dirname(os.path.realpath(script)) if is_plain_file else None
+    with program_environment([script, *options.args], entry):
+        runpy.run_path(script, run_name="__main__")
+
+
+def run(options: RunOptions) -> int:
+    """Install the reactor and the monitor, serve the dashboard, run the program.
+
+    Returns the exit status (0 when the program returns normally, 1 after an uncaught
+    exception, whose traceback is printed from the program's first frame); the program's
+    ``SystemExit`` propagates unchanged. The monitor stops at reactor shutdown, or when the
+    program ends without running the reactor.
+    """
+    if options.script is not None:
+        check_script(options.script)
+    reactor = install_reactor(options.reactor_name)
+    from dashboard.monitor import Monitor
+
+    monitor = Monitor(reactor)
+    monitor.start()
+    try:
+        if options.module is not None:
+            check_module(options.module)
+        listening = serve_dashboard(reactor, monitor, options.port)
+        reactor.addSystemEventTrigger("after", "shutdown", monitor.stop)
+        port = listening.getHost().port
+        reactor_kind = type(reactor).__name__
+        print(
+            f"reactor-dashboard: dashboard on http://127.0.0.1:{port}/"
+            f" ({reactor_kind}; running {options.target})",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            execute(options)
+        except Exception as exc:
+            return report_program_failure(exc, reactor)
+        return 0
+    finally:
+        monitor.stop()  # already done at reactor shutdown, unless the reactor never ran
+
+
+def report_program_failure(exc: Exception, reactor: Any) -> int:
+    """Print an uncaught exception of the program as ``python`` would (without this
+    wrapper's frames) and return the status ``python`` exits with."""
+    from twisted.internet.error import ReactorAlreadyInstalledError
+
+    if isinstance(exc, ReactorAlreadyInstalledError):
+        print(
+            f"{PROG}: the program installs its own reactor, but {type(reactor).__name__} was"
+            " installed before it ran: give the reactor to reactor-dashboard instead"
+            " (run --reactor NAME ...) and drop the program's own choice",
+            file=sys.stderr,
+        )
+        return 2
+    traceback.print_exception(type(exc), exc, _program_frames(exc.__traceback__))
+    return 1
+
+
+def _program_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without the leading frames of this module and :mod:`runpy`."""
+    ours = {os.path.realpath(__file__), os.path.realpath(runpy.__file__), "<frozen runpy>"}
+    while tb is not None and _frame_file(tb) in ours:
+        tb = tb.tb_next
+    return tb
+
+
+def _frame_file(tb: TracebackType) -> str:
+    name = tb.tb_frame.f_code.co_filename
+    return name if name.startswith("<") else os.path.realpath(name)
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04"
+
+
+def main(argv: Sequence[str]) -> int:
+    """``reactor-dashboard run ARGS``: the exit status; bad usage prints one line, status 2."""
+    try:
+        options = parse_run_args(argv)
+        if options is None:
+            print(USAGE, end="")
+            return 0
+        return run(options)
+    except RunUsageError as exc:
+        pointer = f" (see {PROG} --help)" if exc.show_help else ""
+        print(f"{PROG}: {exc}{pointer}", file=sys.stderr)
+        return 2
