@@ -23,6 +23,7 @@ from dashboard.probes.pools import PoolsProbe, TrackablePool
 from dashboard.probes.process import ProcessProbe
 from dashboard.probes.timeouts import TimeoutsProbe
 from dashboard.web.binding import loopback_endpoint
+from dashboard.web.sse import EventHub
 
 if TYPE_CHECKING:
     from dashboard.web.prometheus import SnapshotCollector
@@ -67,6 +68,7 @@ class Monitor:
     top_sites: int = attrs.field(default=50, kw_only=True)
     top_connections: int = attrs.field(default=100, kw_only=True)
     oldest_deferreds: int = attrs.field(default=20, kw_only=True)
+    max_sse_clients: int = attrs.field(default=100, kw_only=True)
 
     errors: ProbeErrors = attrs.field(factory=ProbeErrors, init=False)
     deferreds: DeferredsProbe = attrs.field(init=False)
@@ -75,6 +77,8 @@ class Monitor:
     loop: LoopProbe = attrs.field(init=False)
     timeouts: TimeoutsProbe = attrs.field(init=False)
     process: ProcessProbe = attrs.field(init=False)
+    #: the event-stream fan-out shared by every mount of this monitor's resource
+    events: EventHub = attrs.field(init=False)
 
     _samples: deque[Sample] = attrs.field(init=False)
     _subscribers: list[Subscriber] = attrs.field(init=False, factory=list)
@@ -113,6 +117,9 @@ class Monitor:
         )
         self.timeouts = TimeoutsProbe(self.reactor, self.errors, clock, loop=self.loop)
         self.process = ProcessProbe(self.errors)
+        if self.max_sse_clients < 1:
+            raise ValueError(f"max_sse_clients must be >= 1, got {self.max_sse_clients!r}")
+        self.events = EventHub(self, max_clients=self.max_sse_clients)
 
     @property
     def probes(self) -> tuple[Probe, ...]:
@@ -163,6 +170,10 @@ class Monitor:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        try:
+            self.events.close()
+        except Exception as exc:
+            self.errors.record("web", exc)
         for probe in reversed(self.probes):
             try:
                 probe.uninstall()
@@ -202,6 +213,11 @@ class Monitor:
             except Exception as exc:
                 self.errors.record(probe.name, exc)
                 data[probe.name] = None
+        try:
+            data["sse"] = self.events.stats()
+        except Exception as exc:
+            self.errors.record("web", exc)
+            data["sse"] = None
         data["errors"] = self.errors.as_json()
         return data
 
@@ -257,7 +273,7 @@ class Monitor:
         """The dashboard as a twisted.web resource, to mount under any prefix."""
         from dashboard.web.app import DashboardApp
 
-        resource: Any = DashboardApp(self).app.resource()
+        resource: Any = DashboardApp(self, events=self.events).app.resource()
         return cast(IResource, resource)
 
     def listen(
