@@ -5,7 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from benchmarks import bench_deferreds, bench_http, bench_prometheus, bench_snapshot, bench_sse
+from benchmarks import (
+    bench_deferreds,
+    bench_http,
+    bench_loop,
+    bench_prometheus,
+    bench_snapshot,
+    bench_sse,
+)
 from benchmarks.common import Result, print_table
 
 
@@ -14,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     results: list[Result] = []
     results += bench_deferreds.main(args)
     results += bench_snapshot.main(args)
+    results += bench_loop.main(args)
     results += bench_prometheus.main(args)
     results += bench_sse.main(args)
     results += bench_http.main([*args, "--kind", "klein"])
