@@ -150,3 +150,23 @@ def test_install_uninstall_cycles_leave_nothing(errors: ProbeErrors) -> None:
     assert end["open_fds"] == base["open_fds"]
     assert end["threads"] == base["threads"]
     assert errors.counts == {}
+
+
+def test_many_fds_are_recounted_at_most_every_ten_seconds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    process = process_module
+
+    probe = process.ProcessProbe(ProbeErrors())
+    probe.install()
+    monkeypatch.setattr(process, "FD_RECOUNT_ABOVE", 0)  # every count is "many"
+    first = probe.collect()
+    extra = open(tmp_path / "x", "w")  # noqa: SIM115
+    try:
+        cached = probe.collect()
+        assert cached["open_fds"] == first["open_fds"]  # not recounted yet
+        assert cached["open_fds_age_s"] >= 0.0
+        monkeypatch.setattr(process, "FD_RECOUNT_EVERY_S", 0.0)
+        assert probe.collect()["open_fds"] == first["open_fds"] + 1
+    finally:
+        extra.close()

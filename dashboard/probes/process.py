@@ -17,6 +17,9 @@ from typing import Any
 from dashboard.probes.base import JSONDict, ProbeErrors
 
 _PROC_SELF = "/proc/self"
+#: Above this many open descriptors the count is refreshed at most every FD_RECOUNT_EVERY_S.
+FD_RECOUNT_ABOVE = 1_000
+FD_RECOUNT_EVERY_S = 10.0
 
 
 def _read_text(path: str) -> str | None:
@@ -90,6 +93,7 @@ class ProcessProbe:
         self._started_at: float | None = None
         self._proc = os.path.isdir(f"{_PROC_SELF}/fd")
         self._last_cpu: tuple[float, float] | None = None  # (monotonic s, cpu s)
+        self._fds_cache: tuple[int, float] | None = None  # (count, monotonic s)
 
     def install(self) -> None:
         if self._started_at is None:
@@ -100,6 +104,7 @@ class ProcessProbe:
 
     def uninstall(self) -> None:
         self._last_cpu = None
+        self._fds_cache = None
 
     def collect(self) -> JSONDict:
         pid = os.getpid()
@@ -117,6 +122,7 @@ class ProcessProbe:
             "cpu_user_s": round(times.user, 3),
             "cpu_system_s": round(times.system, 3),
             "open_fds": self._guard(self._open_fds),
+            "open_fds_age_s": self._open_fds_age_s(),
             "python_threads": threading.active_count(),
             "gc": self._guard(_gc_stats),
         }
@@ -140,6 +146,26 @@ class ProcessProbe:
         return None if statm is None else int(statm.split()[1]) * self._page_size
 
     def _open_fds(self) -> int | None:
+        """Open descriptors. Listing ``/proc/self/fd`` costs about 0.5 us per descriptor
+        (5.5 ms for 10,000): above ``FD_RECOUNT_ABOVE`` it is recounted at most every
+        ``FD_RECOUNT_EVERY_S`` seconds, and ``open_fds_age_s`` says how old the count is."""
+        now = time.monotonic()
+        cached = self._fds_cache
+        if (
+            cached is not None
+            and cached[0] > FD_RECOUNT_ABOVE
+            and now - cached[1] < FD_RECOUNT_EVERY_S
+        ):
+            return cached[0]
+        count = self._count_fds()
+        self._fds_cache = None if count is None else (count, now)
+        return count
+
+    def _open_fds_age_s(self) -> float:
+        cached = self._fds_cache
+        return 0.0 if cached is None else round(time.monotonic() - cached[1], 3)
+
+    def _count_fds(self) -> int | None:
         for directory in (f"{_PROC_SELF}/fd", "/dev/fd"):
             try:
                 # Listing the directory opens one descriptor, and it shows in the listing.
