@@ -65,7 +65,8 @@ def pending_bytes(monitor: Monitor | None, n: int) -> float:
         gc.collect()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
-        keep = [defer.Deferred[None]() for _ in range(n)]
+        make = defer.Deferred  # not Deferred[None](): that adds __orig_class__ to each
+        keep = [make() for _ in range(n)]
         if monitor is not None:
             monitor.deferreds.sweep()
         used = tracemalloc.get_traced_memory()[0] - base
