@@ -66,7 +66,7 @@ def pending_bytes(monitor: Monitor | None, n: int) -> float:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         make = defer.Deferred  # not Deferred[None](): that adds __orig_class__ to each
-        keep = [make() for _ in range(n)]
+        keep: list[defer.Deferred[None]] = [make() for _ in range(n)]
         if monitor is not None:
             monitor.deferreds.sweep()
         used = tracemalloc.get_traced_memory()[0] - base
