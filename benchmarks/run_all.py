@@ -12,6 +12,7 @@ from benchmarks import (
     bench_prometheus,
     bench_snapshot,
     bench_sse,
+    soak,
 )
 from benchmarks.common import Result, print_table
 
@@ -26,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     results += bench_sse.main(args)
     results += bench_http.main([*args, "--kind", "klein"])
     results += bench_http.main([*args, "--kind", "web"])
+    results += soak.main(args)  # 10 minutes at full size; --smoke: 12 s
     print("\n== all ==")
     print_table(results)
     return results

@@ -17,7 +17,7 @@ import os
 import runpy
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -27,10 +27,13 @@ from twisted.python.failure import Failure
 
 DEFAULT_PORT = 8089
 PROG = "reactor-dashboard run"
+#: Environment variables read when ``--token`` / ``--metrics-token`` are not given.
+TOKEN_ENV = "REACTOR_DASHBOARD_TOKEN"
+METRICS_TOKEN_ENV = "REACTOR_DASHBOARD_METRICS_TOKEN"
 
 USAGE = f"""\
-usage: {PROG} [--port P] [--reactor NAME] script.py [args ...]
-       {PROG} [--port P] [--reactor NAME] -m module [args ...]
+usage: {PROG} [--port P] [--reactor NAME] [--token T] script.py [args ...]
+       {PROG} [--port P] [--reactor NAME] [--token T] -m module [args ...]
 
 Run a Twisted program, unmodified, with the Reactor Dashboard installed before its code runs
 and served on http://127.0.0.1:P/ (the program's own output is left alone; the dashboard's
@@ -42,6 +45,11 @@ options (before the program; everything after it is the program's own):
                    poll, epoll). The reactor is installed before the program runs, so a
                    program that installs its own (or twist's --reactor) must not: give the
                    name here instead.
+  --token T        require this token (16+ characters) for the dashboard: the page takes
+                   ?token=T once, the API and the stream "Authorization: Bearer T".
+                   Default: ${TOKEN_ENV} (prefer it: a command line is visible to
+                   every user of the machine)
+  --metrics-token T  a token for /metrics alone, for scrapers (${METRICS_TOKEN_ENV})
   -m module        run a module as ``python -m module`` does (e.g. -m twisted web --path .)
   -h, --help       show this help
 """
@@ -65,6 +73,8 @@ class RunOptions:
     script: str | None = None
     module: str | None = None
     args: tuple[str, ...] = ()
+    token: str | None = attrs.field(default=None, repr=False)
+    metrics_token: str | None = attrs.field(default=None, repr=False)
 
     @property
     def target(self) -> str:
@@ -82,6 +92,34 @@ def parse_port(text: str) -> int:
     return port
 
 
+def access_options(
+    token: str | None,
+    metrics_token: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``Monitor`` keyword arguments for the tokens given, else those of the environment
+    (:data:`TOKEN_ENV`, :data:`METRICS_TOKEN_ENV`; empty means unset). Only the ones set are
+    returned. A malformed token raises ``ValueError`` naming the problem."""
+    from dashboard.web.guard import check_token
+
+    env = os.environ if environ is None else environ
+    options: dict[str, Any] = {}
+    for name, given, variable in (
+        ("token", token, TOKEN_ENV),
+        ("metrics_token", metrics_token, METRICS_TOKEN_ENV),
+    ):
+        value = given if given is not None else (env.get(variable) or None)
+        if value is None:
+            continue
+        source = f"--{name.replace('_', '-')}" if given is not None else variable
+        try:
+            check_token(value, source)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        options[name] = value
+    return options
+
+
 def parse_run_args(argv: Sequence[str]) -> RunOptions | None:
     """Parse ``run``'s own options up to the program; the rest belongs to the program.
 
@@ -91,6 +129,7 @@ def parse_run_args(argv: Sequence[str]) -> RunOptions | None:
     """
     port = DEFAULT_PORT
     reactor_name: str | None = None
+    tokens: dict[str, str] = {}
     index = 0
 
     def value_of(option: str, inline: str | None) -> str:
@@ -117,12 +156,14 @@ def parse_run_args(argv: Sequence[str]) -> RunOptions | None:
             reactor_name = value_of("--reactor", inline).strip()
             if not reactor_name:
                 raise RunUsageError("--reactor needs a reactor name")
+        elif name in ("--token", "--metrics-token"):
+            tokens[name[2:].replace("-", "_")] = value_of(name, inline)
         elif arg.startswith("-m"):
             module = arg[2:] or value_of("-m", None)
             if not module or module.startswith("-"):
                 raise RunUsageError(f"-m needs a module name, got {module!r}")
             rest = tuple(argv[index + 1 :])
-            return RunOptions(port, reactor_name, module=module, args=rest)
+            return RunOptions(port, reactor_name, module=module, args=rest, **tokens)
         elif arg == "--":
             index += 1
             break
@@ -134,7 +175,7 @@ def parse_run_args(argv: Sequence[str]) -> RunOptions | None:
     if index >= len(argv):
         raise RunUsageError("missing the program to run: give script.py or -m module")
     script = argv[index]
-    return RunOptions(port, reactor_name, script=script, args=tuple(argv[index + 1 :]))
+    return RunOptions(port, reactor_name, script=script, args=tuple(argv[index + 1 :]), **tokens)
 
 
 def check_script(path: str) -> None:
@@ -246,10 +287,14 @@ def run(options: RunOptions) -> int:
     """
     if options.script is not None:
         check_script(options.script)
+    try:
+        access = access_options(options.token, options.metrics_token)
+    except ValueError as exc:
+        raise RunUsageError(str(exc)) from None
     reactor = install_reactor(options.reactor_name)
     from dashboard.monitor import Monitor
 
-    monitor = Monitor(reactor)
+    monitor = Monitor(reactor, **access)
     monitor.start()
     try:
         if options.module is not None:
@@ -264,6 +309,13 @@ def run(options: RunOptions) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if "token" in access:
+            print(
+                f"reactor-dashboard: a token is required: open"
+                f" http://127.0.0.1:{port}/?token=<the token> once",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             execute(options)
         except Exception as exc:

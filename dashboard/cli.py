@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dashboard.attach import METRICS_TOKEN_ENV, TOKEN_ENV, access_options, parse_port
 from dashboard.attach import USAGE as RUN_USAGE
-from dashboard.attach import parse_port
 
 
 def port_number(text: str) -> int:
@@ -28,6 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=port_number, default=8089, help="dashboard port (8089)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument(
+        "--token",
+        default=None,
+        help=f"require this token for the dashboard (default: ${TOKEN_ENV}; prefer the variable:"
+        " a command line is visible to every user of the machine)",
+    )
+    demo.add_argument(
+        "--metrics-token",
+        default=None,
+        help=f"a token for /metrics alone, for scrapers (default: ${METRICS_TOKEN_ENV})",
+    )
     # ``run`` parses its own arguments (everything after the program is the program's), see
     # dashboard.attach; it is declared here for ``--help``.
     commands.add_parser(
@@ -46,13 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dashboard.attach import main as run_main
 
         return run_main(args_list[1:])
-    args = build_parser().parse_args(args_list)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
     if args.command == "demo":
+        try:
+            access = access_options(args.token, args.metrics_token)
+        except ValueError as exc:
+            parser.error(str(exc))
         from twisted.internet import reactor
 
         from dashboard.demo import run_demo
 
-        run_demo(reactor, args.port, args.duration)
+        run_demo(reactor, args.port, args.duration, **access)
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
 

@@ -203,9 +203,17 @@ class DemoService:
         d.addErrback(lambda f: f.trap(ConnectTimeoutError))
 
 
-def run_demo(reactor: Any, port: int, duration_s: float | None = None) -> None:
-    """Run the demo until Ctrl-C (or ``duration_s``), the dashboard on 127.0.0.1:``port``."""
-    monitor = Monitor(reactor)
+def run_demo(
+    reactor: Any,
+    port: int,
+    duration_s: float | None = None,
+    *,
+    token: str | None = None,
+    metrics_token: str | None = None,
+) -> None:
+    """Run the demo until Ctrl-C (or ``duration_s``), the dashboard on 127.0.0.1:``port``
+    (behind ``token`` / ``metrics_token`` when given)."""
+    monitor = Monitor(reactor, token=token, metrics_token=metrics_token)
     monitor.start()
     service = DemoService(reactor, monitor)
 
@@ -213,6 +221,8 @@ def run_demo(reactor: Any, port: int, duration_s: float | None = None) -> None:
         service.start()
         address = listening.getHost()
         print(f"Reactor Dashboard: http://127.0.0.1:{address.port}/", flush=True)
+        if token is not None:
+            print("  (a token is required: add ?token=<the token> to that address once)")
         print(f"Demo service:      {service.base_url}/hello  (Ctrl-C stops)", flush=True)
 
     def failed(failure: Any) -> None:

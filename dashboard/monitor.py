@@ -23,6 +23,7 @@ from dashboard.probes.pools import PoolsProbe, TrackablePool
 from dashboard.probes.process import ProcessProbe
 from dashboard.probes.timeouts import TimeoutsProbe
 from dashboard.web.binding import loopback_endpoint
+from dashboard.web.guard import host_names
 from dashboard.web.sse import EventHub
 
 if TYPE_CHECKING:
@@ -58,6 +59,13 @@ class Monitor:
     ``lag_ms`` percentiles and the charts cover); ``block_threshold_ms`` how long the
     reactor must be stuck before the watchdog records a block with its stack.
 
+    Access (see :mod:`dashboard.web.guard`): ``token`` is then required by the page, the API
+    and the stream; ``metrics_token`` is also accepted on ``/metrics``; ``allowed_hosts`` adds
+    names to the ``Host`` allow-list (loopback and the address a request arrived on).
+
+    A probe whose failures reach ``errors.disable_after`` is switched off (uninstalled, its
+    section null) at the next snapshot, and stays off.
+
     All methods are called from the reactor thread.
     """
 
@@ -69,6 +77,9 @@ class Monitor:
     top_connections: int = attrs.field(default=100, kw_only=True)
     oldest_deferreds: int = attrs.field(default=20, kw_only=True)
     max_sse_clients: int = attrs.field(default=100, kw_only=True)
+    token: str | None = attrs.field(default=None, kw_only=True, repr=False)
+    metrics_token: str | None = attrs.field(default=None, kw_only=True, repr=False)
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=host_names)
 
     errors: ProbeErrors = attrs.field(factory=ProbeErrors, init=False)
     deferreds: DeferredsProbe = attrs.field(init=False)
@@ -86,6 +97,7 @@ class Monitor:
     _timer: DelayedCall | None = attrs.field(init=False, default=None)
     _running: bool = attrs.field(init=False, default=False)
     _started_at: float = attrs.field(init=False, default=0.0)
+    _switched_off: set[str] = attrs.field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
         if not self.interval > 0:
@@ -94,6 +106,11 @@ class Monitor:
             raise ValueError(f"history must be >= 1 sample, got {self.history!r}")
         if not self.block_threshold_ms > 0:
             raise ValueError(f"block_threshold_ms must be > 0, got {self.block_threshold_ms!r}")
+        from dashboard.web.guard import HostAllowList, check_token
+
+        check_token(self.token, "token")
+        check_token(self.metrics_token, "metrics_token")
+        HostAllowList(self.allowed_hosts)
         clock = self.reactor.seconds
         window_s = self.history * self.interval
         self._samples = deque(maxlen=self.history)
@@ -152,6 +169,8 @@ class Monitor:
         installed: list[Probe] = []
         try:
             for probe in self.probes:
+                if probe.name in self._switched_off:
+                    continue
                 probe.install()
                 installed.append(probe)
         except BaseException:
@@ -201,6 +220,7 @@ class Monitor:
 
     def snapshot(self) -> JSONDict:
         """Collect every probe now (not stored in the history). Reactor thread only."""
+        self._switch_off_failing()
         data: JSONDict = {
             "seq": self._seq,
             "time": time.time(),
@@ -208,6 +228,9 @@ class Monitor:
             "interval_s": self.interval,
         }
         for probe in self.probes:
+            if probe.name in self._switched_off:
+                data[probe.name] = None
+                continue
             try:
                 data[probe.name] = probe.collect()
             except Exception as exc:
@@ -220,6 +243,19 @@ class Monitor:
             data["sse"] = None
         data["errors"] = self.errors.as_json()
         return data
+
+    def _switch_off_failing(self) -> None:
+        """Uninstall every probe whose failures reached ``errors.disable_after``: its hooks
+        are gone (it can fail no more and costs nothing) and its section is null from now on.
+        ``errors.as_json()["disabled"]`` names it. Reactor thread."""
+        for probe in self.probes:
+            if probe.name in self._switched_off or self.errors.enabled(probe.name):
+                continue
+            self._switched_off.add(probe.name)
+            try:
+                probe.uninstall()
+            except Exception as exc:
+                self.errors.record(probe.name, exc)
 
     def sample(self) -> Sample:
         """Take the next snapshot into the history ring and hand it to every subscriber."""
@@ -272,21 +308,31 @@ class Monitor:
     def resource(self) -> IResource:
         """The dashboard as a twisted.web resource, to mount under any prefix."""
         from dashboard.web.app import DashboardApp
+        from dashboard.web.guard import GuardedResource
 
-        resource: Any = DashboardApp(self, events=self.events).app.resource()
-        return cast(IResource, resource)
+        app: Any = DashboardApp(self, events=self.events).app.resource()
+        guarded = GuardedResource(
+            cast(IResource, app),
+            token=self.token,
+            metrics_token=self.metrics_token,
+            allowed_hosts=self.allowed_hosts,
+        )
+        return cast(IResource, guarded)
 
     def listen(
         self, endpoint: str | int = DEFAULT_ENDPOINT, *, allow_remote: bool = False
     ) -> Deferred[IListeningPort]:
         """Serve the dashboard alone on ``endpoint`` (a port number or a Twisted endpoint
         string). A TCP endpoint without ``interface=`` binds 127.0.0.1; a non-loopback
-        interface needs ``allow_remote=True``."""
+        interface needs ``allow_remote=True``, and is warned about (log and stderr) when no
+        ``token`` is set."""
         from twisted.internet.endpoints import serverFromString
 
+        from dashboard.web.guard import warn_if_exposed
         from dashboard.web.quiet_site import QuietSite
 
         description = loopback_endpoint(endpoint, allow_remote=allow_remote)
+        warn_if_exposed(description, token_set=self.token is not None)
         site = QuietSite(self.resource())
         port: Deferred[IListeningPort] = serverFromString(self.reactor, description).listen(site)
         return port

@@ -39,6 +39,9 @@ def test_every_benchmark_runs_at_smoke_size() -> None:
         "sse 10 clients arrival spread p99",
         "klein hello under wrk",
         "web hello under wrk",
+        "soak RSS end / after warm-up",
+        "soak open fds after clients left / baseline",
+        "soak event frames delivered",
     }
     assert set(rows) == expected, table
     for name, value in rows.items():

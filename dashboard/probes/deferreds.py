@@ -205,8 +205,10 @@ class DeferredsProbe:
                 else:
                     key = (cid, frame.f_lasti)
                     site = sites.get(key) or probe._new_site(key, frame)
-                site.created += 1
+                # Into the nursery first: an unhashable subclass (one defining __eq__) fails
+                # here and is then not counted at all, rather than counted pending forever.
                 nursery[self] = site
+                site.created += 1
                 if len(nursery) >= nursery_limit:
                     sweep()
             except Exception as exc:
@@ -214,14 +216,17 @@ class DeferredsProbe:
 
         def _startRunCallbacks(self: Any, result: object) -> None:
             if not self.called:
-                site = nursery.pop(self, None)
-                if site is not None:
-                    site.fired += 1
-                else:
-                    ref = self._rd_ref
-                    if ref is not None:  # promoted: still tracked until now
-                        ref.site.fired += 1
-                        ref.site.tracked.pop(ref, None)
+                try:
+                    site = nursery.pop(self, None)
+                    if site is not None:
+                        site.fired += 1
+                    else:
+                        ref = self._rd_ref
+                        if ref is not None:  # promoted: still tracked until now
+                            ref.site.fired += 1
+                            ref.site.tracked.pop(ref, None)
+                except Exception as exc:  # a subclass defining __eq__ is unhashable
+                    errors.record("deferreds", exc)
             original_start(self, result)
 
         patch = self._patcher.patch

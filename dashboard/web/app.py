@@ -5,6 +5,7 @@ Routes are relative to wherever the resource is mounted, so any prefix works.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from dashboard.web.json_api import (
     json_error,
     query_params,
 )
+from dashboard.web.openapi import openapi_document
 from dashboard.web.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dashboard.web.prometheus import SnapshotCollector, exposition
 from dashboard.web.sse import EventHub
@@ -46,6 +48,7 @@ class DashboardApp:
         self.monitor = monitor
         #: The SSE fan-out of this app (at most 100 streams unless given another hub).
         self.events = events if events is not None else EventHub(monitor)
+        self._openapi: bytes | None = None
 
     @app.route("/", methods=READ_METHODS)
     def index(self, request: Request) -> bytes:
@@ -98,6 +101,15 @@ class DashboardApp:
         Returns a Deferred that fires when the stream ends; never gzip this route."""
         return self.events.serve(request)
 
+    @app.route("/openapi.json", methods=READ_METHODS)
+    def openapi(self, request: Request) -> bytes:
+        """The OpenAPI 3.0 description of every endpoint (see dashboard/web/openapi.py)."""
+        query_params(request, {})
+        if self._openapi is None:
+            document = openapi_document(self.monitor.history_seconds)
+            self._openapi = json.dumps(document, separators=(",", ":")).encode()
+        return json_body(request, self._openapi)
+
     @app.route("/api/", branch=True, methods=READ_METHODS)
     def unknown_api(self, request: Request) -> bytes:
         path = request.path.decode("utf-8", "replace")
@@ -135,10 +147,16 @@ class DashboardApp:
         target = urlsplit(exc.new_url)
         if target.path.encode() == request.path + b"/":
             return page.slash_redirect(request) or b""
-        location = target.path + (f"?{target.query}" if target.query else "")
-        request.setResponseCode(308)
+        # Any other (e.g. "/api//v1/snapshot" with its slashes merged): a JSON redirect,
+        # keeping the query (werkzeug's new URL drops it).
+        query = target.query or request.uri.partition(b"?")[2].decode("latin-1")
+        location = target.path + (f"?{query}" if query else "")
         request.setHeader(b"Location", location.encode())
-        return b""
+        return json_answer(
+            request,
+            {"status": 308, "location": location, "message": f"moved to {location[:200]}"},
+            308,
+        )
 
     @app.handle_errors(Exception)
     def internal_error(self, request: Request, failure: Failure) -> bytes:

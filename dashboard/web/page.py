@@ -18,6 +18,8 @@ import attrs
 import jinja2
 from twisted.web.server import Request
 
+from dashboard.web.guard import CONTENT_SECURITY_POLICY
+
 #: Chart windows offered by the page, in seconds (15 minutes is the default history).
 WINDOWS_S = (60, 300, 900)
 DEFAULT_WINDOW_S = 300
@@ -51,11 +53,9 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 IMMUTABLE = b"public, max-age=31536000, immutable"
 REVALIDATE = b"no-cache"
 
-#: The page loads its own scripts and styles and talks to its own origin only.
-PAGE_POLICY = (
-    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+#: The page loads its own scripts and styles and talks to its own origin only (the guard in
+#: front of the dashboard sets the same policy on every answer; it is defined there).
+PAGE_POLICY = CONTENT_SECURITY_POLICY
 
 
 @attrs.frozen

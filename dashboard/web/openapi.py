@@ -1,0 +1,382 @@
+"""``/openapi.json``: the OpenAPI 3.0 description of the dashboard's HTTP endpoints.
+
+Every operation, its parameters with their exact bounds (``seconds`` goes up to the history
+length, so the document is built per monitor), and every answer it can give: the JSON errors
+of the app (400, 404, 405) and of the guard in front of it (401, 414, 421, 431). Only ``GET``
+and ``HEAD`` exist. Paths are relative to wherever the dashboard is mounted, and so is the
+one server (``.``: the folder this document was fetched from).
+
+Fields of the snapshot are described in docs/snapshot.md; here each section is an object
+(``null`` when its probe failed) with its main fields typed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+JSONDict = dict[str, Any]
+
+TITLE = "Reactor Dashboard"
+API_VERSION = "1"
+
+_ERROR: JSONDict = {
+    "type": "object",
+    "required": ["error", "message", "status"],
+    "properties": {
+        "error": {"type": "string", "description": "a stable code, e.g. bad_request"},
+        "message": {"type": "string", "description": "what is wrong, for people"},
+        "status": {"type": "integer"},
+        "parameter": {"type": "string", "nullable": True},
+    },
+}
+
+
+def _object(properties: dict[str, str], nullable: bool = True) -> JSONDict:
+    """An object whose listed fields have these JSON types (more fields may come)."""
+    props: JSONDict = {}
+    for name, kind in properties.items():
+        optional = kind.endswith("?")
+        props[name] = {"type": kind.rstrip("?")}
+        if optional:
+            props[name]["nullable"] = True
+    return {"type": "object", "nullable": nullable, "properties": props}
+
+
+_BLOCK = _object({"at": "number", "duration_ms": "number", "stack": "array"}, nullable=False)
+_BLOCK["properties"]["stack"]["items"] = {"type": "string"}
+
+_LOOP = _object(
+    {
+        "lag_ms": "object",
+        "busy_ratio": "number?",
+        "iterations_total": "integer",
+        "blocks_total": "integer",
+        "blocks": "array",
+        "threshold_ms": "number",
+        "window_s": "number",
+        "max_lateness_ms": "number",
+        "wait_hook": "string?",
+        "watchdog": "boolean",
+    }
+)
+_LOOP["properties"]["blocks"]["items"] = _BLOCK
+_LOOP["properties"]["lag_ms"] = _object(
+    {"last": "number?", "p50": "number?", "p99": "number?", "max": "number?", "samples": "integer"},
+    nullable=False,
+)
+
+_DEFERREDS = _object(
+    {
+        "pending": "integer",
+        "created_total": "integer",
+        "fired_total": "integer",
+        "unfired_collected_total": "integer",
+        "born_fired_total": "integer",
+        "oldest_pending_age_s": "number",
+        "sites_total": "integer",
+        "sites": "array",
+        "oldest": "array",
+    }
+)
+_CONNECTIONS = _object(
+    {
+        "open": "integer",
+        "opened_total": "integer",
+        "closed_total": "integer",
+        "failed_connects_total": "integer",
+        "by_kind": "object",
+        "listening": "array",
+        "slow_consumers": "integer",
+        "items": "array",
+        "items_total": "integer",
+        "items_truncated": "boolean",
+    }
+)
+_POOL = _object(
+    {"name": "string", "kind": "string", "max": "integer?", "in_use": "integer?"},
+    nullable=False,
+)
+_TIMEOUTS = _object(
+    {
+        "delayed_calls": "integer",
+        "overdue_calls": "integer",
+        "fired_total": "object",
+        "recent": "array",
+        "by_function": "array",
+    }
+)
+_PROCESS = _object(
+    {
+        "pid": "integer",
+        "uptime_s": "number",
+        "rss_bytes": "integer?",
+        "cpu_percent": "number",
+        "open_fds": "integer?",
+        "threads": "integer",
+    }
+)
+_SSE = _object(
+    {
+        "clients": "integer",
+        "max_clients": "integer",
+        "connected_total": "integer",
+        "rejected_total": "integer",
+        "dropped_slow_total": "integer",
+    }
+)
+_ERRORS = _object(
+    {"total": "integer", "by_probe": "object", "last": "object", "disabled": "array"},
+    nullable=False,
+)
+_ERRORS["properties"]["by_probe"]["additionalProperties"] = {"type": "integer"}
+_ERRORS["properties"]["last"]["additionalProperties"] = {"type": "string"}
+_ERRORS["properties"]["disabled"]["items"] = {"type": "string"}
+
+_SNAPSHOT: JSONDict = {
+    "type": "object",
+    "description": "One sample of every probe (docs/snapshot.md)",
+    "required": [
+        "seq",
+        "time",
+        "reactor",
+        "interval_s",
+        "loop",
+        "deferreds",
+        "connections",
+        "pools",
+        "timeouts",
+        "process",
+        "errors",
+    ],
+    "properties": {
+        "seq": {"type": "integer", "minimum": 0},
+        "time": {"type": "number", "description": "unix seconds"},
+        "reactor": {"type": "string"},
+        "interval_s": {"type": "number"},
+        "loop": _LOOP,
+        "deferreds": _DEFERREDS,
+        "connections": _CONNECTIONS,
+        "pools": {"type": "array", "nullable": True, "items": _POOL},
+        "timeouts": _TIMEOUTS,
+        "process": _PROCESS,
+        "sse": _SSE,
+        "errors": _ERRORS,
+    },
+}
+
+
+def _json(schema_ref: str, description: str) -> JSONDict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": schema_ref}}},
+    }
+
+
+def _error(description: str, **headers: JSONDict) -> JSONDict:
+    answer = _json("#/components/schemas/Error", description)
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+_TEXT_HEADER: JSONDict = {"required": True, "schema": {"type": "string"}}
+
+#: Answers every operation may give: the guard's refusals and the app's own errors.
+_COMMON: JSONDict = {
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+    "414": {"$ref": "#/components/responses/UriTooLong"},
+    "421": {"$ref": "#/components/responses/HostNotAllowed"},
+    "431": {"$ref": "#/components/responses/HeadersTooLarge"},
+}
+
+
+def _bad_request() -> JSONDict:
+    return {"$ref": "#/components/responses/BadRequest"}
+
+
+def _operation(summary: str, responses: JSONDict, parameters: list[JSONDict]) -> JSONDict:
+    return {
+        "summary": summary,
+        "parameters": parameters,
+        "responses": {**responses, "400": _bad_request(), **_COMMON},
+    }
+
+
+def _with_head(path_item: JSONDict, operation_id: str) -> JSONDict:
+    """``get`` as given, and ``head``: the same parameters and answers, without bodies."""
+    get = path_item["get"]
+    get["operationId"] = f"get_{operation_id}"
+    head = copy.deepcopy(get)
+    head["operationId"] = f"head_{operation_id}"
+    head["summary"] = "Headers only: " + get["summary"][0].lower() + get["summary"][1:]
+    for answer in head["responses"].values():
+        answer.pop("content", None)
+    return {"get": get, "head": head}
+
+
+def openapi_document(history_seconds: int) -> JSONDict:
+    """The document for a dashboard whose history covers ``history_seconds`` (>= 1)."""
+    if history_seconds < 1:
+        raise ValueError(f"history_seconds must be >= 1, got {history_seconds!r}")
+    paths: JSONDict = {
+        "/api/v1/snapshot": {
+            "get": _operation(
+                "The newest sample; fresh=1 collects one now (not stored in the history)",
+                {"200": _json("#/components/schemas/Snapshot", "the sample")},
+                [
+                    {
+                        "name": "fresh",
+                        "in": "query",
+                        "required": False,
+                        "description": "1 or true: collect a snapshot now",
+                        "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    }
+                ],
+            )
+        },
+        "/api/v1/history": {
+            "get": _operation(
+                "The samples of the last N seconds, oldest first",
+                {"200": _json("#/components/schemas/History", "the samples")},
+                [
+                    {
+                        "name": "seconds",
+                        "in": "query",
+                        "required": False,
+                        "description": f"how far back (default and most: {history_seconds})",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": history_seconds},
+                    }
+                ],
+            )
+        },
+        "/api/v1/events": {
+            "get": _operation(
+                "Server-sent events: one `event: snapshot` (with `id: <seq>`) per sample",
+                {
+                    "200": {
+                        "description": "the stream (never ends on its own)",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "503": _error(
+                        "too many streams open, or the monitor is stopped",
+                        **{"Retry-After": _TEXT_HEADER},
+                    ),
+                },
+                [
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "resume after this seq (browsers send it on"
+                        " reconnect); empty means none",
+                        "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
+                    }
+                ],
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "Prometheus text exposition of the newest sample (docs/metrics.md)",
+                {
+                    "200": {
+                        "description": "the metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                [],
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "This document",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.0",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+                [],
+            )
+        },
+        "/": {
+            "get": _operation(
+                "The HTML dashboard (it updates itself over /api/v1/events)",
+                {
+                    "200": {
+                        "description": "the page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "303": {
+                        "description": "?token= was right: the same page without it, and a"
+                        " session cookie",
+                        "headers": {"Location": _TEXT_HEADER, "Set-Cookie": _TEXT_HEADER},
+                    },
+                },
+                [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "description": "when a token is set: sign in once (a cookie follows)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            )
+        },
+    }
+    # Every path answers HEAD as it answers GET, without the body.
+    for path, item in paths.items():
+        name = path.strip("/").replace("/", "_").replace(".", "_") or "page"
+        paths[path] = _with_head(item, name)
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": TITLE,
+            "version": API_VERSION,
+            "description": "Live health of a Twisted reactor: pending Deferreds, connections,"
+            " pools, timeouts and loop lag. Read-only: only GET and HEAD are answered.",
+        },
+        "servers": [{"url": ".", "description": "where this document was fetched from"}],
+        "paths": paths,
+        "security": [{}, {"bearer": []}],
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "when the dashboard has a token; the page also takes"
+                    " ?token= once and then a cookie",
+                }
+            },
+            "schemas": {
+                "Error": _ERROR,
+                "Snapshot": _SNAPSHOT,
+                "History": {
+                    "type": "object",
+                    "required": ["seconds", "samples"],
+                    "properties": {
+                        "seconds": {"type": "integer"},
+                        "samples": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Snapshot"},
+                        },
+                    },
+                },
+            },
+            "responses": {
+                "BadRequest": _error("a parameter is wrong (named in `parameter`)"),
+                "Unauthorized": _error(
+                    "a token is set and none (or a wrong one) came",
+                    **{"WWW-Authenticate": _TEXT_HEADER},
+                ),
+                "MethodNotAllowed": _error(
+                    "only GET and HEAD are answered", **{"Allow": _TEXT_HEADER}
+                ),
+                "UriTooLong": _error("the request target is over 4 KiB"),
+                "HostNotAllowed": _error("the Host header names another site (DNS rebinding)"),
+                "HeadersTooLarge": _error("too many header lines, or one over 8 KiB"),
+            },
+        },
+    }
