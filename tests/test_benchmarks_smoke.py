@@ -45,4 +45,8 @@ def test_every_benchmark_runs_at_smoke_size() -> None:
     }
     assert set(rows) == expected, table
     for name, value in rows.items():
-        assert math.isfinite(value) and value > 0, (name, value)
+        # A spread can round to 0.000 ms with few clients; every other figure is positive.
+        assert math.isfinite(value) and (value > 0 or (value == 0 and "spread" in name)), (
+            name,
+            value,
+        )
