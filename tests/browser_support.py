@@ -47,16 +47,20 @@ class ServerProcess:
 
     def __init__(self, port: int = 0, prefix: str = "") -> None:
         self.prefix = prefix
+        ports = self._start(
+            [sys.executable, str(SERVER_SCRIPT), "--port", str(port), "--prefix", prefix]
+        )
+        self.port = ports[0]
+
+    def _start(self, command: list[str], deadline_s: float = 20) -> list[int]:
+        """Start ``command`` and wait for its ``listening PORT [PORT...]`` line."""
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT), "--port", str(port), "--prefix", prefix],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.port = self._wait_for_port(deadline_s=20)
-
-    def _wait_for_port(self, deadline_s: float) -> int:
         assert self.process.stdout is not None
         deadline = time.monotonic() + deadline_s
         with selectors.DefaultSelector() as selector:
@@ -66,7 +70,7 @@ class ServerProcess:
                     break
                 line = self.process.stdout.readline().decode()
                 if line.startswith("listening "):
-                    return int(line.split()[1])
+                    return [int(port) for port in line.split()[1:]]
                 if not line:  # the process ended
                     break
         self.stop()

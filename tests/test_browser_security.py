@@ -14,12 +14,8 @@ both passes of the suite (about 10 s each).
 from __future__ import annotations
 
 import json
-import os
-import selectors
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.browser_support import ROOT, BrowserThread, ServerProcess, new_page, text, wait_for
+from tests.browser_support import BrowserThread, ServerProcess, new_page, text, wait_for
 from tests.hostile_server import CODE_FILE, POOL_NAME, PROTOCOL_NAME
 
 HOSTILE_SERVER = Path(__file__).resolve().parent / "hostile_server.py"
@@ -73,33 +69,7 @@ class HostileServer(ServerProcess):
         command = [sys.executable, str(HOSTILE_SERVER)]
         if token is not None:
             command += ["--token", token]
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.app_port = 0
-        self.port = self._wait_for_ports(deadline_s=20)
-
-    def _wait_for_ports(self, deadline_s: float) -> int:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + deadline_s
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=deadline - time.monotonic()):
-                    break
-                line = self.process.stdout.readline().decode()
-                if line.startswith("listening "):
-                    _, dashboard, app = line.split()
-                    self.app_port = int(app)
-                    return int(dashboard)
-                if not line:
-                    break
-        self.stop()
-        raise AssertionError(f"the hostile server did not start: {self.errors()}")
+        self.port, self.app_port = self._start(command)
 
 
 def hold_hostile_requests(port: int) -> list[socket.socket]:

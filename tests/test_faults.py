@@ -34,6 +34,7 @@ from twisted.web.server import Site
 from dashboard.monitor import Monitor
 from dashboard.probes.connection_registry import ConnectionRegistry
 from dashboard.testing import global_reactor
+from tests.loopback import full_listener
 
 BLOCK_THRESHOLD_MS = 40
 
@@ -94,20 +95,6 @@ class Hello(Resource):
 
     def render_GET(self, request: Any) -> bytes:
         return b"hello"
-
-
-def blackhole() -> tuple[socket.socket, list[socket.socket], int]:
-    """A listener whose accept queue is full: a connect to it hangs until its timeout."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(listener.getsockname())
-        fillers.append(filler)
-    return listener, fillers, listener.getsockname()[1]
 
 
 async def workload() -> list[str]:
@@ -186,14 +173,11 @@ async def workload() -> list[str]:
         await protocol.ClientCreator(reactor, Collect).connectTCP("127.0.0.1", refused_port)
     except error.ConnectionRefusedError:
         trace.append("connect refused")
-    listener, fillers, hole = blackhole()
-    try:
-        await protocol.ClientCreator(reactor, Collect).connectTCP("127.0.0.1", hole, timeout=0.1)
-    except error.TimeoutError:
-        trace.append("connect timed out")
-    finally:
-        for s in [*fillers, listener]:
-            s.close()
+    with full_listener() as hole:
+        try:
+            await protocol.ClientCreator(reactor, Collect).connectTCP(*hole, timeout=0.1)
+        except error.TimeoutError:
+            trace.append("connect timed out")
     idle_factory = protocol.Factory.forProtocol(IdleServer)
     idle_factory.timed_out = defer.Deferred()  # type: ignore[attr-defined]
     idle_port = reactor.listenTCP(0, idle_factory, interface="127.0.0.1")

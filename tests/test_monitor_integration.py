@@ -3,7 +3,6 @@ deltas out, and a lifecycle that leaves nothing behind."""
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ from twisted.protocols import policies
 
 from dashboard.monitor import Monitor, MonitorAlreadyRunning
 from dashboard.testing import global_reactor
+from tests.loopback import full_listener
 
 
 def next_line_site() -> str:
@@ -42,20 +42,8 @@ async def monitor() -> AsyncIterator[Monitor]:
 @pytest.fixture
 def blackhole() -> Iterator[tuple[str, int]]:
     """A loopback listener whose accept queue is full: connects to it hang until they time out."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(listener.getsockname())
-        fillers.append(filler)
-    try:
-        yield listener.getsockname()
-    finally:
-        for s in [*fillers, listener]:
-            s.close()
+    with full_listener() as address:
+        yield address
 
 
 class IdleProtocol(protocol.Protocol, policies.TimeoutMixin):
