@@ -52,11 +52,16 @@ export function renderConnections(snapshot) {
   );
   fillBody(table, rows.length ? rows : [emptyRow(9, "No open connections.")]);
   const listening = (section.listening || []).map((l) => l.address).join(", ");
+  const sse = snapshot.sse;
   setText(
     "connections-note",
     `${count(section.open)} open · ${count(section.failed_connects_total)} failed connects` +
       (section.items_truncated ? ` · ${items.length} of ${count(section.items_total)} listed` : "") +
-      (listening ? ` · listening on ${listening}` : ""),
+      (listening ? ` · listening on ${listening}` : "") +
+      (sse
+        ? ` · dashboard streams ${count(sse.clients)}/${count(sse.max_clients)},` +
+          ` ${count(sse.dropped_slow_total)} slow dropped, ${count(sse.rejected_total)} refused`
+        : ""),
   );
 }
 
