@@ -15,14 +15,12 @@ import pytest
 import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet import threads
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from dashboard.monitor import Monitor
-from dashboard.testing import global_reactor
+from dashboard.testing import global_reactor, result_of
 from dashboard.web.app import DashboardApp
 from dashboard.web.guard import (
     CONTENT_SECURITY_POLICY,
@@ -44,15 +42,6 @@ from dashboard.web.page import PAGE_POLICY
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 METRICS_TOKEN = "scraper-token-0123456789abcdef"
 BASE = "http://127.0.0.1:8089"
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
 
 
 class Answer:

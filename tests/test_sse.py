@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from dashboard.monitor import Monitor
+from dashboard.testing import result_of
 from dashboard.web import sse
 from dashboard.web.app import DashboardApp
 from dashboard.web.sse import EventHub
@@ -62,15 +62,6 @@ class StreamReader(Protocol):
     def close(self) -> None:
         transport: Any = self.transport
         transport.stopProducing()
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
 
 
 class Client:
