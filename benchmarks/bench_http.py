@@ -6,6 +6,7 @@ Run: ``python -m benchmarks.bench_http [--smoke] [--kind klein|web]``. Needs ``w
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,22 @@ def pinned(cpu: int) -> list[str]:
     return []
 
 
+def start_watcher(port: int, seconds: float) -> subprocess.Popen[str]:
+    """One SSE client and a scrape of /metrics every second (benchmarks.watcher_client), on
+    wrk's core: the server's core stays the server's."""
+    command = [*pinned(0), sys.executable, "-m", "benchmarks.watcher_client"]
+    command += ["--port", str(port), "--seconds", str(seconds)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def check_watcher(watcher: subprocess.Popen[str], seconds: int) -> None:
+    """The watcher saw a sample a second and scraped every second, without an error."""
+    out, _ = watcher.communicate(timeout=30)
+    counts = json.loads(out.strip().splitlines()[-1])
+    if counts["errors"] or counts["events"] < seconds or counts["scrapes"] < seconds:
+        raise RuntimeError(f"the SSE client / scraper did not keep up: {counts}")
+
+
 def throughput(kind: str, monitored: bool, seconds: int, connections: int) -> float:
     """Requests per second wrk gets from a fresh server process (after a 1 s warm-up)."""
     port = free_port()
@@ -48,11 +65,14 @@ def throughput(kind: str, monitored: bool, seconds: int, connections: int) -> fl
     if monitored:
         command.append("--monitor")
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    watcher: subprocess.Popen[str] | None = None
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()
-        if line.strip() != "ready":
+        line = server.stdout.readline().split()
+        if not line or line[0] != "ready" or len(line) != (2 if monitored else 1):
             raise RuntimeError(f"benchmark server did not start: {line!r}")
+        # Monitored as the issue has it: sampling at 1 s, one SSE client, /metrics every second.
+        watcher = start_watcher(int(line[1]), seconds + 1.5) if monitored else None
         url = f"http://127.0.0.1:{port}/"
         wrk = [*pinned(0), "wrk", "-t1", f"-c{connections}"]
         subprocess.run([*wrk, "-d1s", url], capture_output=True, timeout=30, check=True)
@@ -68,8 +88,13 @@ def throughput(kind: str, monitored: bool, seconds: int, connections: int) -> fl
             raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
         if re.search(r"Non-2xx|Socket errors", out):
             raise RuntimeError(f"wrk saw errors:\n{out}")
+        if watcher is not None:
+            check_watcher(watcher, seconds)
         return float(match.group(1))
     finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(timeout=10)
         server.terminate()
         server.wait(timeout=10)
 

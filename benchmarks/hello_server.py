@@ -1,7 +1,7 @@
 """A hello-world server for the HTTP benchmark: Klein or plain twisted.web, monitor on or off.
 
 ``python -m benchmarks.hello_server --kind klein|web --port P [--monitor]``; prints ``ready``
-once listening.
+once listening (``ready M`` when monitored: M is the dashboard's own port).
 """
 
 from __future__ import annotations
@@ -41,17 +41,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dashboard.testing import global_reactor
 
     reactor = global_reactor()
+    ready = ["ready"]
     if args.monitor:
         from dashboard.monitor import Monitor
 
         monitor = Monitor(reactor, interval=1.0)
         monitor.start()
-        monitor.listen(0)
+
+        def listening(port: Any) -> None:
+            ready.append(str(port.getHost().port))
+
+        monitor.listen(0).addCallback(listening)
     resource: Any = klein_resource() if args.kind == "klein" else Hello()  # type: ignore[no-untyped-call]
     site = Site(resource)
     site.noisy = False
     reactor.listenTCP(args.port, site, interface="127.0.0.1")
-    reactor.callWhenRunning(print, "ready", flush=True)
+    # "ready", then the dashboard's port when monitored
+    reactor.callWhenRunning(lambda: print(*ready, flush=True))
     reactor.run()
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,9 +29,19 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(params=[True, False], ids=["compiled", "python"])
+def accelerate(request: pytest.FixtureRequest) -> bool:
+    """Each test runs on the compiled hot path and on the pure-Python one."""
+    wanted: bool = request.param
+    if wanted:
+        # Built by the install on CPython 3.11/3.12 (hatch_build.py); its absence is a failure.
+        assert deferreds.accelerator_available(), "dashboard._accel was not built"
+    return wanted
+
+
 @pytest.fixture
-def probe(clock: Clock, errors: ProbeErrors) -> Iterator[DeferredsProbe]:
-    p = DeferredsProbe(clock, errors, clock.seconds, top_sites=50, oldest=20)
+def probe(clock: Clock, errors: ProbeErrors, accelerate: bool) -> Iterator[DeferredsProbe]:
+    p = DeferredsProbe(clock, errors, clock.seconds, top_sites=50, oldest=20, accelerate=accelerate)
     p.install()
     yield p
     p.uninstall()
@@ -121,7 +133,9 @@ def test_ages_and_oldest_order(probe: DeferredsProbe, clock: Clock) -> None:
     first = defer.Deferred[None]()
     clock.advance(0.1)  # the sweep stamps it
     clock.advance(10)
-    second_site = site_here(1) + ".<locals>.<listcomp>"
+    # a comprehension has a frame of its own before 3.12 (PEP 709 inlines it)
+    listcomp = ".<locals>.<listcomp>" if sys.version_info < (3, 12) else ""
+    second_site = site_here(1) + listcomp
     second = [defer.Deferred[None]() for _ in range(3)]
     clock.advance(0.1)
     clock.advance(5)
@@ -139,8 +153,12 @@ def test_ages_and_oldest_order(probe: DeferredsProbe, clock: Clock) -> None:
         d.callback(None)
 
 
-def test_oldest_is_bounded_and_sites_are_top_n(clock: Clock, errors: ProbeErrors) -> None:
-    probe = DeferredsProbe(clock, errors, clock.seconds, top_sites=5, oldest=3)
+def test_oldest_is_bounded_and_sites_are_top_n(
+    clock: Clock, errors: ProbeErrors, accelerate: bool
+) -> None:
+    probe = DeferredsProbe(
+        clock, errors, clock.seconds, top_sites=5, oldest=3, accelerate=accelerate
+    )
     probe.install()
     try:
         namespace: dict[str, Any] = {"Deferred": defer.Deferred}
@@ -191,8 +209,10 @@ def test_waiting_names_the_suspended_generator_and_coroutine(
     inner.callback(None)
 
 
-def test_nursery_is_bounded_without_sweeps(clock: Clock, errors: ProbeErrors) -> None:
-    probe = DeferredsProbe(clock, errors, clock.seconds, nursery_limit=64)
+def test_nursery_is_bounded_without_sweeps(
+    clock: Clock, errors: ProbeErrors, accelerate: bool
+) -> None:
+    probe = DeferredsProbe(clock, errors, clock.seconds, nursery_limit=64, accelerate=accelerate)
     probe.install()
     try:
         keep = [defer.Deferred[None]() for _ in range(1000)]
@@ -204,11 +224,11 @@ def test_nursery_is_bounded_without_sweeps(clock: Clock, errors: ProbeErrors) ->
 
 
 def test_uninstall_restores_by_identity_and_cycles_leave_nothing(
-    clock: Clock, errors: ProbeErrors
+    clock: Clock, errors: ProbeErrors, accelerate: bool
 ) -> None:
     names = ("__init__", "_startRunCallbacks", "_rd_site", "_rd_ref")
     before = {name: vars(defer.Deferred).get(name) for name in names}
-    probe = DeferredsProbe(clock, errors, clock.seconds)
+    probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate)
     for _ in range(100):
         probe.install()
         probe.install()  # twice is harmless
@@ -240,7 +260,7 @@ def test_a_failing_probe_never_breaks_user_deferreds(
 
 
 def test_inlined_init_matches_twisted_and_falls_back_otherwise(
-    clock: Clock, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+    clock: Clock, errors: ProbeErrors, accelerate: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert deferreds.init_is_plain(defer.Deferred.__init__)
 
@@ -252,7 +272,7 @@ def test_inlined_init_matches_twisted_and_falls_back_otherwise(
     assert not deferreds.init_is_plain(grown)
     for plain in (True, False):
         monkeypatch.setattr(deferreds, "init_is_plain", lambda _init, plain=plain: plain)
-        probe = DeferredsProbe(clock, errors, clock.seconds)
+        probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate)
         probe.install()
         try:
             cancelled: list[object] = []
@@ -276,3 +296,94 @@ def test_debug_mode_still_records_twisteds_creator_stack(probe: DeferredsProbe) 
     assert any("test_debug_mode_still_records" in line for line in d._debugInfo.creator or [])
     assert d._callbacks == []
     d.callback(None)
+
+
+def test_subclasses_keywords_threads_and_introspection(probe: DeferredsProbe) -> None:
+    """What real code does with Deferred, on either hot path: keyword canceller, a subclass
+    calling super().__init__ (its site is its own __init__, as for sys._getframe), explicit
+    Deferred.__init__, creation in other threads, and introspection of the patched methods."""
+
+    class Sub(defer.Deferred[int]):
+        def __init__(self) -> None:
+            self.where = site_here(1)
+            super().__init__(canceller=None)
+
+    before = probe.collect()
+    cancelled: list[object] = []
+    keyword = defer.Deferred[None](canceller=cancelled.append)
+    sub = Sub()
+    bare = defer.Deferred.__new__(defer.Deferred)
+    explicit_site = site_here(1)
+    defer.Deferred.__init__(bare)
+
+    def in_thread(out: list[defer.Deferred[None]]) -> None:
+        for _ in range(500):
+            out.append(defer.Deferred())
+
+    threaded: list[defer.Deferred[None]] = []
+    workers = [threading.Thread(target=in_thread, args=(threaded,)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    thread_site = f"{__file__}:{in_thread.__code__.co_firstlineno + 2} in {in_thread.__qualname__}"
+    after = probe.collect()
+    assert after["created_total"] - before["created_total"] == 3 + 2_000
+    assert site_row(after, sub.where)["pending"] == 1
+    assert site_row(after, explicit_site)["pending"] == 1
+    assert site_row(after, thread_site)["pending"] == 2_000
+    keyword.cancel()
+    assert cancelled == [keyword]
+    keyword.addErrback(lambda _: None)
+    sub.callback(1)
+    bare.callback(None)
+    for d in threaded:
+        d.callback(None)
+    assert probe.collect()["pending"] == before["pending"]
+    with pytest.raises(TypeError):
+        defer.Deferred(None, None)  # type: ignore[call-arg]
+    init = defer.Deferred.__init__
+    assert (init.__name__, init.__qualname__) == ("__init__", "Deferred.__init__")
+    assert init.__module__ == "dashboard.probes.deferreds"
+    assert list(inspect.signature(init).parameters) == ["self", "canceller"]
+
+
+def test_site_keys_are_bounded(
+    clock: Clock, errors: ProbeErrors, accelerate: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_SITE_KEYS (code, offset) keys, new creation points count under "other"."""
+    monkeypatch.setattr(deferreds, "MAX_SITE_KEYS", 2)
+    probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate)
+    probe.install()
+    try:
+        first, second = site_here(1), site_here(2)
+        made = [defer.Deferred[None]()]
+        made.append(defer.Deferred())
+        made.append(defer.Deferred())
+        made.append(defer.Deferred())
+        section = probe.collect()
+        assert site_row(section, first)["pending"] == 1
+        assert site_row(section, second)["pending"] == 1
+        assert site_row(section, "<other sites>")["pending"] == 2
+        for d in made:
+            d.callback(None)
+    finally:
+        probe.uninstall()
+
+
+def test_the_compiled_path_is_what_the_monitor_uses() -> None:
+    """Where the accelerator is built, it is the default, and it patches C callables."""
+    from dashboard import _accel
+    from dashboard.monitor import Monitor
+    from dashboard.testing import global_reactor
+
+    assert deferreds.accelerator_available(), "dashboard._accel was not built"
+    monitor = Monitor(global_reactor())
+    assert monitor.deferreds.accelerated
+    monitor.start()
+    try:
+        assert isinstance(vars(defer.Deferred)["__init__"], _accel.Hook)
+        assert isinstance(vars(defer.Deferred)["_startRunCallbacks"], _accel.Hook)
+    finally:
+        monitor.stop()
+    assert not isinstance(vars(defer.Deferred)["__init__"], _accel.Hook)

@@ -15,6 +15,11 @@ loss too and is counted at the sweep.
 Pending counts are exact: ``pending = created - fired - unfired_collected`` per site.
 Ages have the sweep's resolution (``sweep_interval_s``, 0.1 s by default).
 
+Two implementations of the hot path, same semantics and tests: ``dashboard._accel`` (C, built
+at install on CPython 3.11/3.12) reads the caller from the interpreter's frame stack without
+creating a frame object and patches C callables (no Python frame of their own); the
+pure-Python fallback uses ``sys._getframe``. ``REACTOR_DASHBOARD_ACCEL=0`` forces the fallback.
+
 Side effect, documented: the nursery holds a strong reference to each new, still unfired
 Deferred until the next sweep (at most ``sweep_interval_s``), which delays the collection
 of a Deferred dropped unfired by that much. Fired Deferreds are never held.
@@ -23,34 +28,66 @@ of a Deferred dropped unfired by that much. Fired Deferreds are never held.
 from __future__ import annotations
 
 import ast
+import functools
 import heapq
 import inspect
-import itertools
+import os
 import sys
 import textwrap
 import types
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.base import DelayedCall
 
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource, frame_site, qualname
 
+try:
+    from dashboard import _accel
+except ImportError:  # not built here (another Python, no compiler): the pure-Python path
+    _accel = None  # type: ignore[assignment]
+
 _getframe = sys._getframe
 _getrefcount = sys.getrefcount
 
 #: Distinct creation sites kept; past it, new sites are counted under one "other" site.
 MAX_SITES = 10_000
+#: (code, instruction offset) keys cached; past it, unseen ones are counted under "other".
+MAX_SITE_KEYS = 8 * MAX_SITES
+#: Set to 0 to run the pure-Python hot path even where the accelerator is built.
+ACCEL_ENV = "REACTOR_DASHBOARD_ACCEL"
 
 
-class _Site:
+def accelerator_available() -> bool:
+    """Whether the compiled hot path (``dashboard._accel``) can be used here."""
+    return _accel is not None
+
+
+class _PySiteCounts:
+    """The pure-Python twin of ``dashboard._accel.SiteCounts``."""
+
+    __slots__ = ("created", "fired", "lost")
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.fired = 0
+        self.lost = 0
+
+
+if TYPE_CHECKING:
+    from dashboard._accel import SiteCounts as _SiteCounts
+else:
+    _SiteCounts = _accel.SiteCounts if _accel is not None else _PySiteCounts
+
+
+class _Site(_SiteCounts):
     """Counters for one creation site (one line of code). Reactor thread mostly;
-    ``created``/``fired`` may be bumped from other threads (a lost increment is possible
-    there, never an exception)."""
+    ``created``/``fired`` may be bumped from other threads (on the pure-Python path a lost
+    increment is possible there, never an exception)."""
 
-    __slots__ = ("code", "created", "fired", "label", "lineno", "lost", "tracked")
+    __slots__ = ("code", "gone", "label", "lineno", "tracked")
 
     def __init__(self, code: types.CodeType | None, lineno: int, label: str | None = None) -> None:
         self.code = code  # held so that id(code) is never reused while the site lives
@@ -59,8 +96,43 @@ class _Site:
         self.created = 0
         self.fired = 0
         self.lost = 0
-        #: promoted (still pending after a sweep) Deferreds, oldest first: ref -> None
-        self.tracked: dict[_TrackedRef, None] = {}
+        #: promoted (still pending after a sweep) Deferreds in promotion order, oldest first;
+        #: an entry whose Deferred since fired or was collected is *gone* (``since < 0``) and
+        #: stays until the list is compacted. A list: 8 bytes an entry (a dict took ~45).
+        self.tracked: list[_TrackedRef] = []
+        self.gone = 0
+
+    def forget(self, ref: _TrackedRef) -> None:
+        """A tracked Deferred fired or was collected: mark its entry gone; compact the list
+        once half of it is gone (amortised O(1) per entry)."""
+        ref.since = _GONE
+        self.gone += 1
+        if self.gone > 32 and self.gone * 2 > len(self.tracked):
+            self.tracked[:] = [r for r in self.tracked if r.since >= 0]
+            self.gone = 0
+
+    def first(self) -> _TrackedRef | None:
+        """The oldest tracked entry not gone; drops the gone ones before it."""
+        tracked = self.tracked
+        for i, ref in enumerate(tracked):
+            if ref.since >= 0:
+                if i:
+                    del tracked[:i]
+                    self.gone -= i
+                return ref
+        tracked.clear()
+        self.gone = 0
+        return None
+
+    def oldest(self, n: int) -> list[_TrackedRef]:
+        """The ``n`` oldest entries not gone, oldest first."""
+        found: list[_TrackedRef] = []
+        for ref in self.tracked:
+            if ref.since >= 0:
+                found.append(ref)
+                if len(found) == n:
+                    break
+        return found
 
     @property
     def pending(self) -> int:
@@ -79,33 +151,52 @@ class _TrackedRef(weakref.ref):  # type: ignore[type-arg]
 
     __slots__ = ("since", "site")
 
+    #: promotion time; ``_GONE`` once the Deferred fired or was collected
     since: float
     site: _Site
 
 
-def _transparent_code_ids() -> frozenset[int]:
+_GONE = -1.0
+
+
+def _transparent_codes() -> list[types.CodeType]:
     """Code objects whose frames are skipped to find the creation site: the helpers of
     ``twisted.internet.defer`` that create Deferreds on their caller's behalf (``succeed``,
     ``fail``, ``maybeDeferred``, ``inlineCallbacks``, ``DeferredList``,
     ``Deferred.fromCoroutine``...)."""
-    ids: set[int] = set()
+    codes: dict[int, types.CodeType] = {}
 
     def add(obj: Any, depth: int = 0) -> None:
         func = getattr(obj, "__func__", obj)
         func = getattr(func, "__wrapped__", func)
         code = getattr(func, "__code__", None)
         if isinstance(code, types.CodeType) and code.co_filename == defer.__file__:
-            ids.add(id(code))
+            codes[id(code)] = code
             for const in code.co_consts:  # nested functions such as unwindGenerator
                 if isinstance(const, types.CodeType):
-                    ids.add(id(const))
+                    codes[id(const)] = const
         if depth == 0 and isinstance(obj, type):
             for member in vars(obj).values():
                 add(member, 1)
 
     for value in vars(defer).values():
         add(value)
-    return frozenset(ids)
+    return list(codes.values())
+
+
+def _like(hook: Any, original: Callable[..., Any]) -> Any:
+    """Name a hook after the method it replaces (introspection, ``inspect.signature`` through
+    ``__wrapped__``); its ``__module__`` says who patched it."""
+    functools.update_wrapper(hook, original)
+    hook.__module__ = __name__
+    return hook
+
+
+def _promoted_fired(ref: _TrackedRef) -> None:
+    """A promoted (tracked) Deferred fired for the first time."""
+    if ref.since >= 0:
+        ref.site.fired += 1
+        ref.site.forget(ref)
 
 
 class DeferredsProbe:
@@ -123,7 +214,16 @@ class DeferredsProbe:
         oldest: int = 20,
         sweep_interval_s: float = 0.1,
         nursery_limit: int = 512,
+        accelerate: bool | None = None,
     ) -> None:
+        """``accelerate``: use the compiled hot path (True: required, an error where it is not
+        built; None: where built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
+        if accelerate is None:
+            accelerate = _accel is not None and os.environ.get(ACCEL_ENV, "1") != "0"
+        elif accelerate and _accel is None:
+            raise RuntimeError("dashboard._accel is not built for this Python")
+        self.accelerated = accelerate
+        self._tracker: Any = None
         self._reactor = reactor
         self._errors = errors
         self._clock = clock
@@ -161,8 +261,26 @@ class DeferredsProbe:
         cls = defer.Deferred
         original_init: Callable[..., None] = cls.__init__
         original_start: Callable[[Any, object], None] = cls._startRunCallbacks
+        inline_init = init_is_plain(original_init)
+        if self.accelerated:
+            init_hook, start_hook = self._compiled_hooks(original_init, original_start, inline_init)
+        else:
+            init_hook, start_hook = self._python_hooks(original_init, original_start, inline_init)
+        patch = self._patcher.patch
+        patch(cls, "_rd_ref", None)
+        patch(cls, "__init__", _like(init_hook, original_init))
+        patch(cls, "_startRunCallbacks", _like(start_hook, original_start))
+        self._schedule_sweep()
+
+    def _python_hooks(
+        self,
+        original_init: Callable[..., None],
+        original_start: Callable[[Any, object], None],
+        inline_init: bool,
+    ) -> tuple[Callable[..., None], Callable[[Any, object], None]]:
+        """``Deferred.__init__`` and ``_startRunCallbacks`` replacements in Python."""
         original_succeed = defer.succeed
-        transparent = _transparent_code_ids()
+        transparent = frozenset(id(code) for code in _transparent_codes())
         succeed_code_id = id(original_succeed.__code__)
         sites = self._sites
         nursery = self._nursery
@@ -172,8 +290,6 @@ class DeferredsProbe:
         other = self._other
         probe = self
         born_fired = self._born_fired
-
-        inline_init = init_is_plain(original_init)
 
         def __init__(self: Any, canceller: Any = None) -> None:
             if inline_init:
@@ -200,11 +316,17 @@ class DeferredsProbe:
                     if frame is None:
                         break
                     cid = id(frame.f_code)
+                site: _Site | None
                 if frame is None:
                     site = other
                 else:
                     key = (cid, frame.f_lasti)
-                    site = sites.get(key) or probe._new_site(key, frame)
+                    site = sites.get(key)
+                    if site is None:
+                        if len(sites) < MAX_SITE_KEYS:
+                            site = sites[key] = probe._new_site(frame.f_code, frame.f_lineno)
+                        else:  # bounded, as in the compiled path
+                            site = other
                 # Into the nursery first: an unhashable subclass (one defining __eq__) fails
                 # here and is then not counted at all, rather than counted pending forever.
                 nursery[self] = site
@@ -223,23 +345,50 @@ class DeferredsProbe:
                     else:
                         ref = self._rd_ref
                         if ref is not None:  # promoted: still tracked until now
-                            ref.site.fired += 1
-                            ref.site.tracked.pop(ref, None)
+                            _promoted_fired(ref)
                 except Exception as exc:  # a subclass defining __eq__ is unhashable
                     errors.record("deferreds", exc)
             original_start(self, result)
 
-        patch = self._patcher.patch
-        patch(cls, "_rd_ref", None)
-        patch(cls, "__init__", __init__)
-        patch(cls, "_startRunCallbacks", _startRunCallbacks)
-        self._schedule_sweep()
+        return __init__, _startRunCallbacks
+
+    def _compiled_hooks(
+        self,
+        original_init: Callable[..., None],
+        original_start: Callable[[Any, object], None],
+        inline_init: bool,
+    ) -> tuple[object, object]:
+        """The same two replacements from ``dashboard._accel``: no frame object for the
+        caller and no Python frame of their own."""
+        assert _accel is not None
+        errors = self._errors
+        tracker = _accel.Tracker(
+            nursery=self._nursery,
+            # looked up per new site, so that a replaced _new_site (tests) is seen
+            new_site=lambda code, lineno: self._new_site(code, lineno),
+            other=self._other,
+            on_error=lambda exc: errors.record("deferreds", exc),
+            sweep=self.sweep,
+            promoted_fired=_promoted_fired,
+            original_init=original_init,
+            original_start=original_start,
+            succeed_code=defer.succeed.__code__,
+            transparent=tuple(_transparent_codes()),
+            nursery_limit=self._nursery_limit,
+            inline_init=inline_init,
+            max_entries=MAX_SITE_KEYS,
+        )
+        self._tracker = tracker
+        return tracker.hook("init"), tracker.hook("fire")
 
     def uninstall(self) -> None:
         if not self._installed:
             return
         self._installed = False
         self._patcher.restore()
+        if self._tracker is not None:  # keep its count, drop its references
+            self._born_fired[0] += self._tracker.born_fired
+            self._tracker = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -250,16 +399,15 @@ class DeferredsProbe:
 
     # hot-path helpers --------------------------------------------------------------------
 
-    def _new_site(self, key: tuple[int, int], frame: types.FrameType) -> _Site:
-        """The site for a new ``(id(code), instruction offset)`` key: one per line of code,
-        shared by the instructions of that line."""
-        line_key = (key[0], frame.f_lineno)
+    def _new_site(self, code: types.CodeType, lineno: int) -> _Site:
+        """The site for a line of code, shared by all its instructions; past ``MAX_SITES``
+        lines, the "other" site."""
+        line_key = (id(code), lineno)
         site = self._sites_by_line.get(line_key)
         if site is None:
             if len(self._sites_by_line) >= MAX_SITES:
                 return self._other
-            site = self._sites_by_line[line_key] = _Site(frame.f_code, line_key[1])
-        self._sites[key] = site
+            site = self._sites_by_line[line_key] = _Site(code, lineno)
         return site
 
     def _schedule_sweep(self) -> None:
@@ -292,7 +440,7 @@ class DeferredsProbe:
                 ref = _TrackedRef(d, on_lost)
                 ref.since = now
                 ref.site = site
-                site.tracked[ref] = None
+                site.tracked.append(ref)
                 d._rd_ref = ref  # type: ignore[attr-defined]
         except Exception as exc:
             self._errors.record(self.name, exc)
@@ -305,8 +453,9 @@ class DeferredsProbe:
         graveyard = self._graveyard
         while graveyard:
             ref = graveyard.pop()
-            if ref.site.tracked.pop(ref, 0) is None:  # still tracked: it never fired
+            if ref.since >= 0:  # still tracked: it never fired
                 ref.site.lost += 1
+                ref.site.forget(ref)
 
     # snapshot ----------------------------------------------------------------------------
 
@@ -315,7 +464,8 @@ class DeferredsProbe:
         self.sweep()
         now = self._clock()
         all_sites = [*self._sites_by_line.values(), self._other]
-        created = fired = self._born_fired[0]
+        born_fired = self._born_fired[0] + (self._tracker.born_fired if self._tracker else 0)
+        created = fired = born_fired
         lost = 0
         for site in all_sites:
             created += site.created
@@ -331,7 +481,7 @@ class DeferredsProbe:
             "created_total": created,
             "fired_total": fired,
             "unfired_collected_total": lost,
-            "born_fired_total": self._born_fired[0],
+            "born_fired_total": born_fired,
             "oldest_pending_age_s": round(max(0.0, oldest_age), 3),
             "sites_total": len(all_sites) - (0 if self._other.created else 1),
             "sites": [
@@ -342,7 +492,7 @@ class DeferredsProbe:
                     "fired_total": site.fired,
                     "unfired_collected_total": site.lost,
                     "oldest_age_s": round(max(0.0, now - first.since), 3)
-                    if (first := next(iter(site.tracked), None)) is not None
+                    if (first := site.first()) is not None
                     else 0.0,
                 }
                 for site in busiest
@@ -358,10 +508,10 @@ class DeferredsProbe:
         sites whose *first* entries are among the ``n`` oldest firsts, at most ``n`` from
         each: O(sites + n^2), whatever the number of pending Deferreds.
         """
-        firsts = [first for s in sites if (first := next(iter(s.tracked), None)) is not None]
+        firsts = [first for s in sites if (first := s.first()) is not None]
         candidates: list[_TrackedRef] = []
         for first in heapq.nsmallest(n, firsts, key=_since):
-            candidates.extend(itertools.islice(first.site.tracked, n))
+            candidates.extend(first.site.oldest(n))
         return heapq.nsmallest(n, candidates, key=_since)
 
     def _describe(self, ref: _TrackedRef, now: float) -> JSONDict:

@@ -1,0 +1,689 @@
+/* Optional accelerator for the Deferred probe (dashboard/probes/deferreds.py).
+ *
+ * The probe's hot path runs for every Deferred: find the frame that created it, count it
+ * at that site, keep it in the nursery until it fires. In Python the frame lookup is
+ * sys._getframe(1), which makes CPython allocate a frame object for the caller (about
+ * 2,100 instructions on 3.11, the largest part of the probe's cost). Here the caller is
+ * read from the interpreter's own frame stack (code object and instruction offset, no
+ * frame object), and the two patched methods are C callables, so neither adds a Python
+ * frame either.
+ *
+ * Same semantics as the pure-Python path, which stays the fallback: the site is the first
+ * complete frame outside Twisted's Deferred helpers (as sys._getframe sees frames),
+ * succeed() results are counted as born fired, errors are handed to a Python callback and
+ * never raised into the caller. CPython 3.11 and 3.12 only (internal frame layout); the
+ * build skips the module elsewhere.
+ */
+#define PY_SSIZE_T_CLEAN
+#define Py_BUILD_CORE
+#include <Python.h>
+#include <structmember.h>
+#include "internal/pycore_frame.h"
+
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030D0000
+#error "dashboard._accel supports CPython 3.11 and 3.12 only"
+#endif
+
+static PyObject *s_callbacks, *s_canceller_attr, *s_canceller, *s_debug, *s_rd_ref, *s_called;
+
+/* ---------------------------------------------------------------------------------------
+ * SiteCounts: the counters of one creation site, a base class for the probe's _Site.
+ */
+typedef struct {
+    PyObject_HEAD
+    long long created;
+    long long fired;
+    long long lost;
+} SiteCounts;
+
+static PyMemberDef SiteCounts_members[] = {
+    {"created", T_LONGLONG, offsetof(SiteCounts, created), 0, "Deferreds created here"},
+    {"fired", T_LONGLONG, offsetof(SiteCounts, fired), 0, "of those, fired"},
+    {"lost", T_LONGLONG, offsetof(SiteCounts, lost), 0, "of those, collected unfired"},
+    {NULL},
+};
+
+static PyTypeObject SiteCountsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dashboard._accel.SiteCounts",
+    .tp_basicsize = sizeof(SiteCounts),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Counters of one Deferred creation site.",
+    .tp_members = SiteCounts_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---------------------------------------------------------------------------------------
+ * Tracker: the probe's hot-path state.
+ */
+typedef struct {
+    PyCodeObject *code; /* strong */
+    int lasti;
+    PyObject *site; /* strong, a SiteCounts */
+} SiteEntry;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *nursery;        /* dict: Deferred -> site */
+    PyObject *new_site;       /* callable(code, lineno) -> SiteCounts */
+    PyObject *other;          /* SiteCounts for Deferreds with no Python caller */
+    PyObject *on_error;       /* callable(exception) */
+    PyObject *sweep;          /* callable() */
+    PyObject *promoted_fired; /* callable(ref): a promoted Deferred fired */
+    PyObject *original_init;
+    PyObject *original_start;
+    PyObject *succeed_code;
+    PyObject *transparent; /* tuple of code objects, held for the pointer set */
+    PyCodeObject **tset;   /* open-addressing pointer set over `transparent` */
+    size_t tmask;
+    SiteEntry *sites; /* open-addressing table (code, lasti) -> site */
+    size_t smask;
+    size_t sused;
+    size_t max_entries;
+    Py_ssize_t nursery_limit;
+    int inline_init;
+    long long born_fired;
+} Tracker;
+
+static inline size_t
+ptr_hash(const void *p, int extra)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)p >> 4) ^ ((uint64_t)(uint32_t)extra << 29);
+    h *= 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 17);
+}
+
+static int
+is_transparent(Tracker *t, PyCodeObject *code)
+{
+    if (t->tset == NULL) {
+        return 0;
+    }
+    size_t i = ptr_hash(code, 0) & t->tmask;
+    for (;;) {
+        PyCodeObject *c = t->tset[i];
+        if (c == NULL) {
+            return 0;
+        }
+        if (c == code) {
+            return 1;
+        }
+        i = (i + 1) & t->tmask;
+    }
+}
+
+static void
+clear_sites(Tracker *t)
+{
+    if (t->sites == NULL) {
+        return;
+    }
+    SiteEntry *sites = t->sites;
+    size_t n = t->smask + 1;
+    t->sites = NULL;
+    t->smask = 0;
+    t->sused = 0;
+    for (size_t i = 0; i < n; i++) {
+        Py_XDECREF(sites[i].code);
+        Py_XDECREF(sites[i].site);
+    }
+    PyMem_Free(sites);
+}
+
+static int
+grow_sites(Tracker *t)
+{
+    size_t old_n = t->sites == NULL ? 0 : t->smask + 1;
+    size_t n = old_n ? old_n * 2 : 256;
+    SiteEntry *fresh = PyMem_Calloc(n, sizeof(SiteEntry));
+    if (fresh == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < old_n; i++) {
+        SiteEntry *e = &t->sites[i];
+        if (e->code == NULL) {
+            continue;
+        }
+        size_t j = ptr_hash(e->code, e->lasti) & (n - 1);
+        while (fresh[j].code != NULL) {
+            j = (j + 1) & (n - 1);
+        }
+        fresh[j] = *e;
+    }
+    PyMem_Free(t->sites);
+    t->sites = fresh;
+    t->smask = n - 1;
+    return 0;
+}
+
+/* The site for (code, lasti): a borrowed reference, or NULL with an exception set. */
+static PyObject *
+site_for(Tracker *t, PyCodeObject *code, int lasti)
+{
+    if (t->sites != NULL) {
+        size_t i = ptr_hash(code, lasti) & t->smask;
+        for (;;) {
+            SiteEntry *e = &t->sites[i];
+            if (e->code == NULL) {
+                break;
+            }
+            if (e->code == code && e->lasti == lasti) {
+                return e->site;
+            }
+            i = (i + 1) & t->smask;
+        }
+    }
+    if (t->sused >= t->max_entries) {
+        return t->other; /* bounded: past it, unseen instructions count as "other" */
+    }
+    int lineno = PyCode_Addr2Line(code, lasti * (int)sizeof(_Py_CODEUNIT));
+    PyObject *site = PyObject_CallFunction(t->new_site, "Oi", (PyObject *)code, lineno);
+    if (site == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(site, &SiteCountsType)) {
+        Py_DECREF(site);
+        PyErr_SetString(PyExc_TypeError, "new_site() must return a SiteCounts");
+        return NULL;
+    }
+    if ((t->sused + 1) * 3 >= (t->sites == NULL ? 0 : (t->smask + 1) * 2) && grow_sites(t) < 0) {
+        Py_DECREF(site);
+        return NULL;
+    }
+    size_t i = ptr_hash(code, lasti) & t->smask;
+    while (t->sites[i].code != NULL) {
+        i = (i + 1) & t->smask;
+    }
+    Py_INCREF(code);
+    t->sites[i].code = code;
+    t->sites[i].lasti = lasti;
+    t->sites[i].site = site; /* the table keeps the new reference */
+    t->sused++;
+    return site;
+}
+
+/* Hand the pending exception to on_error; never leaves one set. */
+static void
+report_error(Tracker *t)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && t->on_error != NULL) {
+        PyObject *r = PyObject_CallOneArg(t->on_error, value);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+static inline _PyInterpreterFrame *
+first_complete(_PyInterpreterFrame *f)
+{
+    while (f != NULL && _PyFrame_IsIncomplete(f)) {
+        f = f->previous;
+    }
+    return f;
+}
+
+/* Count a new Deferred at its creation site and put it in the nursery. */
+static void
+track_new(Tracker *t, PyObject *deferred)
+{
+    PyThreadState *ts = PyThreadState_Get();
+    _PyInterpreterFrame *f = first_complete(ts->cframe->current_frame);
+    PyObject *site;
+    if (f != NULL && (PyObject *)f->f_code == t->succeed_code) {
+        t->born_fired++; /* succeed(): created fired, never pending: counted, not located */
+        return;
+    }
+    while (f != NULL && is_transparent(t, f->f_code)) {
+        f = first_complete(f->previous);
+    }
+    if (f == NULL) {
+        site = t->other;
+    }
+    else {
+        site = site_for(t, f->f_code, _PyInterpreterFrame_LASTI(f));
+        if (site == NULL) {
+            report_error(t);
+            return;
+        }
+    }
+    /* Into the nursery first: an unhashable subclass fails here and is not counted. */
+    if (PyDict_SetItem(t->nursery, deferred, site) < 0) {
+        report_error(t);
+        return;
+    }
+    ((SiteCounts *)site)->created++;
+    if (PyDict_GET_SIZE(t->nursery) >= t->nursery_limit) {
+        PyObject *r = PyObject_CallNoArgs(t->sweep);
+        if (r == NULL) {
+            report_error(t);
+        }
+        Py_XDECREF(r);
+    }
+}
+
+/* Count a first firing. */
+static void
+track_fired(Tracker *t, PyObject *deferred)
+{
+    PyObject *called = PyObject_GetAttr(deferred, s_called);
+    if (called == NULL) {
+        report_error(t);
+        return;
+    }
+    int already = PyObject_IsTrue(called);
+    Py_DECREF(called);
+    if (already != 0) {
+        if (already < 0) {
+            report_error(t);
+        }
+        return;
+    }
+    PyObject *site = PyDict_GetItemWithError(t->nursery, deferred);
+    if (site != NULL) {
+        Py_INCREF(site);
+        if (PyDict_DelItem(t->nursery, deferred) < 0) {
+            report_error(t);
+        }
+        else {
+            ((SiteCounts *)site)->fired++;
+        }
+        Py_DECREF(site);
+        return;
+    }
+    if (PyErr_Occurred()) {
+        report_error(t);
+        return;
+    }
+    PyObject *ref = PyObject_GetAttr(deferred, s_rd_ref);
+    if (ref == NULL) {
+        report_error(t);
+        return;
+    }
+    if (ref != Py_None) { /* promoted: still tracked until now (rare: lived past a sweep) */
+        PyObject *r = PyObject_CallOneArg(t->promoted_fired, ref);
+        if (r == NULL) {
+            report_error(t);
+        }
+        Py_XDECREF(r);
+    }
+    Py_DECREF(ref);
+}
+
+static int
+Tracker_traverse(Tracker *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->nursery);
+    Py_VISIT(t->new_site);
+    Py_VISIT(t->other);
+    Py_VISIT(t->on_error);
+    Py_VISIT(t->sweep);
+    Py_VISIT(t->promoted_fired);
+    Py_VISIT(t->original_init);
+    Py_VISIT(t->original_start);
+    Py_VISIT(t->succeed_code);
+    Py_VISIT(t->transparent);
+    if (t->sites != NULL) {
+        for (size_t i = 0; i <= t->smask; i++) {
+            Py_VISIT(t->sites[i].site);
+        }
+    }
+    return 0;
+}
+
+static int
+Tracker_clear(Tracker *t)
+{
+    Py_CLEAR(t->nursery);
+    Py_CLEAR(t->new_site);
+    Py_CLEAR(t->other);
+    Py_CLEAR(t->on_error);
+    Py_CLEAR(t->sweep);
+    Py_CLEAR(t->promoted_fired);
+    Py_CLEAR(t->original_init);
+    Py_CLEAR(t->original_start);
+    Py_CLEAR(t->succeed_code);
+    Py_CLEAR(t->transparent);
+    clear_sites(t);
+    PyMem_Free(t->tset);
+    t->tset = NULL;
+    return 0;
+}
+
+static void
+Tracker_dealloc(Tracker *t)
+{
+    PyObject_GC_UnTrack(t);
+    Tracker_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static int
+Tracker_init(Tracker *t, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"nursery",        "new_site",       "other",        "on_error",
+                             "sweep",          "promoted_fired", "original_init", "original_start",
+                             "succeed_code",   "transparent",    "nursery_limit", "inline_init",
+                             "max_entries",    NULL};
+    PyObject *nursery, *new_site, *other, *on_error, *sweep, *promoted_fired, *original_init,
+        *original_start, *succeed_code, *transparent;
+    Py_ssize_t nursery_limit, max_entries;
+    int inline_init;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$O!OO!OOOOOOO!npn", kwlist, &PyDict_Type,
+                                     &nursery, &new_site, &SiteCountsType, &other, &on_error,
+                                     &sweep, &promoted_fired, &original_init, &original_start,
+                                     &succeed_code, &PyTuple_Type, &transparent, &nursery_limit,
+                                     &inline_init, &max_entries)) {
+        return -1;
+    }
+    if (nursery_limit < 1 || max_entries < 0) {
+        PyErr_SetString(PyExc_ValueError, "nursery_limit >= 1 and max_entries >= 0");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(transparent);
+    size_t size = 16;
+    while (size < (size_t)n * 2 + 1) {
+        size *= 2;
+    }
+    PyCodeObject **tset = PyMem_Calloc(size, sizeof(PyCodeObject *));
+    if (tset == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *code = PyTuple_GET_ITEM(transparent, k);
+        if (!PyCode_Check(code)) {
+            PyMem_Free(tset);
+            PyErr_SetString(PyExc_TypeError, "transparent must hold code objects");
+            return -1;
+        }
+        size_t i = ptr_hash(code, 0) & (size - 1);
+        while (tset[i] != NULL && tset[i] != (PyCodeObject *)code) {
+            i = (i + 1) & (size - 1);
+        }
+        tset[i] = (PyCodeObject *)code;
+    }
+    Tracker_clear(t);
+    t->tset = tset;
+    t->tmask = size - 1;
+    t->nursery = Py_NewRef(nursery);
+    t->new_site = Py_NewRef(new_site);
+    t->other = Py_NewRef(other);
+    t->on_error = Py_NewRef(on_error);
+    t->sweep = Py_NewRef(sweep);
+    t->promoted_fired = Py_NewRef(promoted_fired);
+    t->original_init = Py_NewRef(original_init);
+    t->original_start = Py_NewRef(original_start);
+    t->succeed_code = Py_NewRef(succeed_code);
+    t->transparent = Py_NewRef(transparent);
+    t->nursery_limit = nursery_limit;
+    t->max_entries = (size_t)max_entries;
+    t->inline_init = inline_init;
+    t->born_fired = 0;
+    return 0;
+}
+
+static PyObject *
+Tracker_get_born_fired(Tracker *t, void *closure)
+{
+    return PyLong_FromLongLong(t->born_fired);
+}
+
+static PyObject *
+Tracker_get_entries(Tracker *t, void *closure)
+{
+    return PyLong_FromSize_t(t->sused);
+}
+
+static PyGetSetDef Tracker_getset[] = {
+    {"born_fired", (getter)Tracker_get_born_fired, NULL, "succeed() results counted", NULL},
+    {"entries", (getter)Tracker_get_entries, NULL, "(code, offset) keys cached", NULL},
+    {NULL},
+};
+
+static PyObject *Tracker_hook(Tracker *t, PyObject *kind);
+
+static PyMethodDef Tracker_methods[] = {
+    {"hook", (PyCFunction)Tracker_hook, METH_O,
+     "hook('init' | 'fire'): the method to patch on Deferred."},
+    {NULL},
+};
+
+static PyTypeObject TrackerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dashboard._accel.Tracker",
+    .tp_basicsize = sizeof(Tracker),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Hot-path state of the Deferred probe.",
+    .tp_traverse = (traverseproc)Tracker_traverse,
+    .tp_clear = (inquiry)Tracker_clear,
+    .tp_dealloc = (destructor)Tracker_dealloc,
+    .tp_init = (initproc)Tracker_init,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Tracker_methods,
+    .tp_getset = Tracker_getset,
+};
+
+/* ---------------------------------------------------------------------------------------
+ * Hook: a method descriptor (binds like a function) patched onto Deferred.
+ */
+enum { HOOK_INIT = 0, HOOK_FIRE = 1 };
+
+typedef struct {
+    PyObject_HEAD
+    Tracker *tracker;
+    int kind;
+    vectorcallfunc vectorcall;
+    PyObject *dict; /* __name__, __qualname__, __wrapped__... set by the probe */
+} Hook;
+
+static PyObject *
+call_original_init(Tracker *t, PyObject *self, PyObject *canceller)
+{
+    PyObject *args[2] = {self, canceller};
+    return PyObject_Vectorcall(t->original_init, args, 2, NULL);
+}
+
+static PyObject *
+init_body(Tracker *t, PyObject *self, PyObject *canceller)
+{
+    if (t->inline_init) {
+        /* Twisted's own body (checked by the probe): saves a Python call per Deferred. */
+        PyObject *callbacks = PyList_New(0);
+        if (callbacks == NULL) {
+            return NULL;
+        }
+        int failed = PyObject_SetAttr(self, s_callbacks, callbacks);
+        Py_DECREF(callbacks);
+        if (failed || PyObject_SetAttr(self, s_canceller_attr, canceller) < 0) {
+            return NULL;
+        }
+        PyObject *debug = PyObject_GetAttr(self, s_debug);
+        if (debug == NULL) {
+            return NULL;
+        }
+        int on = PyObject_IsTrue(debug);
+        Py_DECREF(debug);
+        if (on < 0) {
+            return NULL;
+        }
+        if (on) {
+            PyObject *r = call_original_init(t, self, canceller);
+            if (r == NULL) {
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+    }
+    else {
+        PyObject *r = call_original_init(t, self, canceller);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    /* On every instance, in the same place: promotion then assigns an existing key. */
+    if (PyObject_SetAttr(self, s_rd_ref, Py_None) < 0) {
+        return NULL;
+    }
+    track_new(t, self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Tracker *t = h->tracker;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (h->kind == HOOK_FIRE) {
+        if (nargs >= 1) {
+            track_fired(t, args[0]);
+        }
+        return PyObject_Vectorcall(t->original_start, args, nargsf, kwnames);
+    }
+    /* __init__(self, canceller=None) */
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs == 2 && nkw == 0) {
+        return init_body(t, args[0], args[1]);
+    }
+    if (nargs == 1 && nkw == 0) {
+        return init_body(t, args[0], Py_None);
+    }
+    if (nargs == 1 && nkw == 1 &&
+        PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_canceller) == 0) {
+        return init_body(t, args[0], args[1]);
+    }
+    /* Anything else is the caller's mistake: Twisted's own __init__ reports it. */
+    return PyObject_Vectorcall(t->original_init, args, nargsf, kwnames);
+}
+
+static PyObject *
+Hook_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static int
+Hook_traverse(Hook *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->tracker);
+    Py_VISIT(h->dict);
+    return 0;
+}
+
+static int
+Hook_clear(Hook *h)
+{
+    Py_CLEAR(h->tracker);
+    Py_CLEAR(h->dict);
+    return 0;
+}
+
+static void
+Hook_dealloc(Hook *h)
+{
+    PyObject_GC_UnTrack(h);
+    Hook_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyGetSetDef Hook_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject HookType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dashboard._accel.Hook",
+    .tp_basicsize = sizeof(Hook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR |
+                Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A Deferred method patched by the Deferred probe.",
+    .tp_traverse = (traverseproc)Hook_traverse,
+    .tp_clear = (inquiry)Hook_clear,
+    .tp_dealloc = (destructor)Hook_dealloc,
+    .tp_vectorcall_offset = offsetof(Hook, vectorcall),
+    .tp_dictoffset = offsetof(Hook, dict),
+    .tp_getset = Hook_getset,
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = Hook_descr_get,
+};
+
+static PyObject *
+Tracker_hook(Tracker *t, PyObject *kind)
+{
+    int k;
+    if (PyUnicode_Check(kind) && PyUnicode_CompareWithASCIIString(kind, "init") == 0) {
+        k = HOOK_INIT;
+    }
+    else if (PyUnicode_Check(kind) && PyUnicode_CompareWithASCIIString(kind, "fire") == 0) {
+        k = HOOK_FIRE;
+    }
+    else {
+        PyErr_SetString(PyExc_ValueError, "hook kind must be 'init' or 'fire'");
+        return NULL;
+    }
+    if (t->nursery == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Tracker not initialised");
+        return NULL;
+    }
+    Hook *h = PyObject_GC_New(Hook, &HookType);
+    if (h == NULL) {
+        return NULL;
+    }
+    h->tracker = (Tracker *)Py_NewRef(t);
+    h->kind = k;
+    h->vectorcall = (vectorcallfunc)Hook_vectorcall;
+    h->dict = NULL;
+    PyObject_GC_Track(h);
+    return (PyObject *)h;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Module
+ */
+static struct PyModuleDef accel_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "dashboard._accel",
+    .m_doc = "Optional accelerator for the Deferred probe's hot path.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__accel(void)
+{
+    if (!(s_callbacks = PyUnicode_InternFromString("_callbacks")) ||
+        !(s_canceller_attr = PyUnicode_InternFromString("_canceller")) ||
+        !(s_canceller = PyUnicode_InternFromString("canceller")) ||
+        !(s_debug = PyUnicode_InternFromString("debug")) ||
+        !(s_rd_ref = PyUnicode_InternFromString("_rd_ref")) ||
+        !(s_called = PyUnicode_InternFromString("called"))) {
+        return NULL;
+    }
+    if (PyType_Ready(&SiteCountsType) < 0 || PyType_Ready(&TrackerType) < 0 ||
+        PyType_Ready(&HookType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&accel_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "SiteCounts", (PyObject *)&SiteCountsType) < 0 ||
+        PyModule_AddObjectRef(m, "Tracker", (PyObject *)&TrackerType) < 0 ||
+        PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
