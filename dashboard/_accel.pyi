@@ -34,3 +34,23 @@ class Tracker:
         max_entries: int,
     ) -> None: ...
     def hook(self, kind: str) -> Hook: ...
+
+class PulseBase:
+    tick: float
+
+class Sleeper:
+    running: bool
+    wakes: int
+    calls: int
+    def __init__(
+        self,
+        *,
+        pulse: PulseBase,
+        callback: Callable[[], object],
+        threshold_s: float,
+        interval_s: float,
+    ) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+ABI: int

@@ -324,6 +324,70 @@ def test_watchdog_errors_are_counted_from_its_thread(errors: ProbeErrors) -> Non
     assert not dog.running and pulse.captured is None
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_wall_clock_watchdog_catches_a_busy_span_once_and_sleeps_while_waiting(
+    errors: ProbeErrors, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the wall clock (real reactors), the C sleeper where built: it wakes about once a
+    threshold while the reactor waits, never calls back then, and calls back once for a span
+    past the threshold; the stack is this thread's, as sys._current_frames() gives it."""
+    from dashboard import accel
+    from dashboard.probes.watchdog import ReactorPulse
+
+    if not compiled:
+        monkeypatch.setenv(accel.ENV, "0")
+    pulse = ReactorPulse()
+    dog = Watchdog(
+        pulse,
+        thread_ident=threading.get_ident(),
+        threshold_s=0.05,
+        clock=time.time,
+        on_error=lambda exc: errors.record("loop", exc),
+    )
+    assert dog.compiled is compiled, "dashboard._accel was not built"
+    dog.start()
+    try:
+        time.sleep(0.5)  # "waiting": tick is +inf
+        assert dog.captures_total == 0
+        if compiled:
+            assert 5 <= dog._sleeper.wakes <= 12 and dog._sleeper.calls == 0
+        pulse.tick = time.time()  # a busy span starts now and lasts 0.4 s
+        deadline = time.monotonic() + 0.4
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert dog.captures_total == 1
+        assert pulse.captured is not None and pulse.captured[0] == pulse.tick
+        assert any("test_wall_clock_watchdog" in line for line in pulse.captured[1])
+        if compiled:
+            assert dog._sleeper.calls == 1
+    finally:
+        dog.stop()
+    assert not dog.running
+    assert errors.counts == {}
+
+
+def test_a_program_that_never_stops_its_monitor_exits_cleanly() -> None:
+    """The C sleeper thread is stopped at exit, even mid-block: no crash, no hang."""
+    import subprocess
+
+    program = (
+        "import time\n"
+        "from dashboard.monitor import Monitor\n"
+        "from dashboard.testing import global_reactor\n"
+        "m = Monitor(global_reactor(), block_threshold_ms=20)\n"
+        "m.start()\n"
+        "m.loop.pulse.tick = time.time()\n"
+        "time.sleep(0.3)\n"
+        "print('sleeper', m.loop.watchdog.compiled, m.loop.watchdog.captures_total)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["sleeper", "True", "1"]
+    assert done.stderr == ""
+
+
 # integration: the reactor under test ----------------------------------------------------
 
 

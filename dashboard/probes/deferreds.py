@@ -31,7 +31,6 @@ import ast
 import functools
 import heapq
 import inspect
-import os
 import sys
 import textwrap
 import types
@@ -42,12 +41,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.internet.base import DelayedCall
 
+from dashboard import accel
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource, frame_site, qualname
-
-try:
-    from dashboard import _accel
-except ImportError:  # not built here (another Python, no compiler): the pure-Python path
-    _accel = None  # type: ignore[assignment]
 
 _getframe = sys._getframe
 _getrefcount = sys.getrefcount
@@ -56,13 +51,11 @@ _getrefcount = sys.getrefcount
 MAX_SITES = 10_000
 #: (code, instruction offset) keys cached; past it, unseen ones are counted under "other".
 MAX_SITE_KEYS = 8 * MAX_SITES
-#: Set to 0 to run the pure-Python hot path even where the accelerator is built.
-ACCEL_ENV = "REACTOR_DASHBOARD_ACCEL"
 
 
 def accelerator_available() -> bool:
-    """Whether the compiled hot path (``dashboard._accel``) can be used here."""
-    return _accel is not None
+    """Whether the compiled hot path (``dashboard._accel``) is built here."""
+    return accel.built is not None
 
 
 class _PySiteCounts:
@@ -79,7 +72,7 @@ class _PySiteCounts:
 if TYPE_CHECKING:
     from dashboard._accel import SiteCounts as _SiteCounts
 else:
-    _SiteCounts = _accel.SiteCounts if _accel is not None else _PySiteCounts
+    _SiteCounts = accel.built.SiteCounts if accel.built is not None else _PySiteCounts
 
 
 class _Site(_SiteCounts):
@@ -219,8 +212,8 @@ class DeferredsProbe:
         """``accelerate``: use the compiled hot path (True: required, an error where it is not
         built; None: where built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
         if accelerate is None:
-            accelerate = _accel is not None and os.environ.get(ACCEL_ENV, "1") != "0"
-        elif accelerate and _accel is None:
+            accelerate = accel.enabled()
+        elif accelerate and accel.built is None:
             raise RuntimeError("dashboard._accel is not built for this Python")
         self.accelerated = accelerate
         self._tracker: Any = None
@@ -360,9 +353,9 @@ class DeferredsProbe:
     ) -> tuple[object, object]:
         """The same two replacements from ``dashboard._accel``: no frame object for the
         caller and no Python frame of their own."""
-        assert _accel is not None
+        assert accel.built is not None
         errors = self._errors
-        tracker = _accel.Tracker(
+        tracker = accel.built.Tracker(
             nursery=self._nursery,
             # looked up per new site, so that a replaced _new_site (tests) is seen
             new_site=lambda code, lineno: self._new_site(code, lineno),

@@ -3,19 +3,38 @@ to capture the main thread's stack while the reactor is blocked."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from dashboard import accel
 from dashboard.probes.base import frame_site
 
 #: Deepest stack kept for a block (the innermost frames are kept).
 MAX_STACK_DEPTH = 40
 
 
-class ReactorPulse:
+class _PyPulseBase:
+    """The pure-Python twin of ``dashboard._accel.PulseBase``."""
+
+    __slots__ = ("tick",)
+
+    def __init__(self) -> None:
+        self.tick = math.inf
+
+
+if TYPE_CHECKING:
+    from dashboard._accel import PulseBase as _PulseBase
+else:
+    _PulseBase = accel.built.PulseBase if accel.built is not None else _PyPulseBase
+
+
+class ReactorPulse(_PulseBase):
     """Hot state shared by the loop hooks (reactor thread, writes) and the watchdog (reads).
 
     Times are the reactor clock's seconds (``reactor.seconds``). A *busy span* is the stretch
@@ -23,7 +42,7 @@ class ReactorPulse:
     and identifies it. Single attribute reads and writes are atomic under the GIL, so no lock.
     """
 
-    __slots__ = ("busy_max_s", "captured", "idle_s", "spans", "tick")
+    __slots__ = ("busy_max_s", "captured", "idle_s", "spans")
 
     def __init__(self) -> None:
         #: when the current busy span began (left the wait); +inf while inside the wait and
@@ -63,6 +82,12 @@ class Watchdog:
     wakes about ``1 / threshold_s`` times a second and still catches a block right at the
     threshold.
 
+    Where ``dashboard._accel`` is built and the clock is wall time (``time.time``, what real
+    reactors use), the sleeping and the looks are done by a C thread that reads the pulse's
+    tick without the GIL and takes the GIL only for a span at or past the threshold (to run
+    ``check()``): the busy reactor pays no GIL hand-over per wake. ``REACTOR_DASHBOARD_ACCEL=0``
+    keeps the Python thread.
+
     ``on_error`` is called (from the watchdog thread) with any exception of a check.
     ``start()``/``stop()`` are called from the reactor thread.
     """
@@ -88,15 +113,39 @@ class Watchdog:
         self._caught_tick = math.inf
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sleeper: Any = None
         #: stacks captured since creation (read by tests and collect)
         self.captures_total = 0
 
     @property
     def running(self) -> bool:
+        if self._sleeper is not None:
+            return bool(self._sleeper.running)
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the C sleeper is used (see the class docstring)."""
+        return (
+            accel.enabled()
+            and self.clock is time.time
+            and isinstance(self.pulse, accel.built.PulseBase)  # type: ignore[union-attr]
+        )
+
     def start(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or self._sleeper is not None:
+            return
+        if self.compiled:
+            assert accel.built is not None
+            self._sleeper = accel.built.Sleeper(
+                pulse=self.pulse,
+                callback=self._look,
+                threshold_s=self.threshold_s,
+                interval_s=self.interval_s,
+            )
+            self._sleeper.start()
+            # A C thread must not outlive the interpreter: stop it before finalisation.
+            atexit.register(self.stop)
             return
         self._stopping.clear()
         self._thread = threading.Thread(
@@ -105,7 +154,12 @@ class Watchdog:
         self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Ask the thread to end and join it (at most ``timeout_s``)."""
+        """Ask the thread to end and join it (at most ``timeout_s``; the C sleeper ends at
+        once, unless it is inside ``check()``, which takes microseconds)."""
+        sleeper, self._sleeper = self._sleeper, None
+        if sleeper is not None:
+            atexit.unregister(self.stop)
+            sleeper.stop()
         thread, self._thread = self._thread, None
         self._stopping.set()
         if thread is not None and thread is not threading.current_thread():
@@ -120,6 +174,13 @@ class Watchdog:
             except Exception as exc:
                 self._on_error(exc)
                 delay = self.threshold_s
+
+    def _look(self) -> None:
+        """The C sleeper's call, with the GIL, for a span it saw at or past the threshold."""
+        try:
+            self.check()
+        except Exception as exc:
+            self._on_error(exc)
 
     def next_delay(self) -> float:
         """Seconds to sleep before the next look: until the current busy span reaches the
