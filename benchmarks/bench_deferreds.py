@@ -92,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                 f"deferred create+fire ({label})",
                 ratio,
                 "x bare",
-                "<= 3.0",
-                ratio <= 3.0,
+                "<= 1.6",
+                ratio <= 1.6,
                 f"bare {bare / n * 1e9:.0f} ns, monitored {inst / n * 1e9:.0f} ns (medians)",
             )
         )
@@ -105,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             "memory per pending Deferred",
             extra,
             "bytes",
-            "<= 200",
-            extra <= 200,
+            "<= 120",
+            extra <= 120,
             f"{monitored_bytes:.0f} B monitored vs {bare_bytes:.0f} B bare, n={pending}",
         )
     )

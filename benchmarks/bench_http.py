@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 from benchmarks.common import Result, interleaved_ratio, print_table
 
+#: Throughput monitored / bare, the performance issue's targets (the core issue's: Klein 0.97).
+BUDGET = {"klein": 0.99, "web": 0.98}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -108,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package wrk)")
-    pairs = args.pairs or (1 if args.smoke else 5)
+    pairs = args.pairs or (1 if args.smoke else 9)
     seconds = args.seconds or (1 if args.smoke else 5)
     bare, monitored, ratio = interleaved_ratio(
         lambda: throughput(args.kind, False, seconds, 50),
@@ -120,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             f"{args.kind} hello under wrk",
             ratio,
             "x bare req/s",
-            ">= 0.97",
-            ratio >= 0.97,
+            f">= {BUDGET[args.kind]:g}",
+            ratio >= BUDGET[args.kind],
             f"bare {bare:.0f} req/s, monitored {monitored:.0f} req/s (medians of {pairs})",
         )
     ]

@@ -20,6 +20,7 @@
  * without the GIL; the GIL is taken only when the reactor has been busy past the threshold,
  * to capture its stack (the Python callback).
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
 #define Py_BUILD_CORE
 #include <Python.h>
@@ -729,6 +730,9 @@ static void *
 sleeper_main(void *arg)
 {
     Sleeper *s = (Sleeper *)arg;
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "rd-watchdog"); /* as top -H and /proc show it */
+#endif
     double delay = s->threshold_s;
     double caught = NAN;
     pthread_mutex_lock(&s->mutex);
