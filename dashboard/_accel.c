@@ -216,10 +216,15 @@ site_for(Tracker *t, PyCodeObject *code, int lasti)
     return site;
 }
 
-/* Hand the pending exception to on_error; never leaves one set. */
-static void
+/* Hand the pending exception to on_error and clear it: 0. A BaseException that is not an
+ * Exception (KeyboardInterrupt, SystemExit from a signal handler) is left set: -1, so it
+ * propagates as it does on the Python path, which catches Exception only. */
+static int
 report_error(Tracker *t)
 {
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
@@ -233,6 +238,7 @@ report_error(Tracker *t)
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+    return 0;
 }
 
 static inline _PyInterpreterFrame *
@@ -244,8 +250,9 @@ first_complete(_PyInterpreterFrame *f)
     return f;
 }
 
-/* Count a new Deferred at its creation site and put it in the nursery. */
-static void
+/* Count a new Deferred at its creation site and put it in the nursery. 0, or -1 with a
+ * non-Exception error set (see report_error). */
+static int
 track_new(Tracker *t, PyObject *deferred)
 {
     PyThreadState *ts = PyThreadState_Get();
@@ -253,7 +260,7 @@ track_new(Tracker *t, PyObject *deferred)
     PyObject *site;
     if (f != NULL && (PyObject *)f->f_code == t->succeed_code) {
         t->born_fired++; /* succeed(): created fired, never pending: counted, not located */
-        return;
+        return 0;
     }
     while (f != NULL && is_transparent(t, f->f_code)) {
         f = first_complete(f->previous);
@@ -264,71 +271,63 @@ track_new(Tracker *t, PyObject *deferred)
     else {
         site = site_for(t, f->f_code, _PyInterpreterFrame_LASTI(f));
         if (site == NULL) {
-            report_error(t);
-            return;
+            return report_error(t);
         }
     }
     /* Into the nursery first: an unhashable subclass fails here and is not counted. */
     if (PyDict_SetItem(t->nursery, deferred, site) < 0) {
-        report_error(t);
-        return;
+        return report_error(t);
     }
     ((SiteCounts *)site)->created++;
     if (PyDict_GET_SIZE(t->nursery) >= t->nursery_limit) {
         PyObject *r = PyObject_CallNoArgs(t->sweep);
         if (r == NULL) {
-            report_error(t);
+            return report_error(t);
         }
-        Py_XDECREF(r);
+        Py_DECREF(r);
     }
+    return 0;
 }
 
-/* Count a first firing. */
-static void
+/* Count a first firing: 0, or -1 with an error set that must propagate. */
+static int
 track_fired(Tracker *t, PyObject *deferred)
 {
+    /* As on the Python path, reading `called` is outside the guarded part. */
     PyObject *called = PyObject_GetAttr(deferred, s_called);
     if (called == NULL) {
-        report_error(t);
-        return;
+        return -1;
     }
     int already = PyObject_IsTrue(called);
     Py_DECREF(called);
     if (already != 0) {
-        if (already < 0) {
-            report_error(t);
-        }
-        return;
+        return already < 0 ? -1 : 0;
     }
-    PyObject *site = PyDict_GetItemWithError(t->nursery, deferred);
-    if (site != NULL) {
-        Py_INCREF(site);
-        if (PyDict_DelItem(t->nursery, deferred) < 0) {
-            report_error(t);
-        }
-        else {
-            ((SiteCounts *)site)->fired++;
-        }
+    /* One lookup that takes the entry out: atomic under the GIL. */
+    PyObject *site = _PyDict_Pop(t->nursery, deferred, Py_None);
+    if (site == NULL) {
+        return report_error(t);
+    }
+    if (site != Py_None) {
+        ((SiteCounts *)site)->fired++;
         Py_DECREF(site);
-        return;
+        return 0;
     }
-    if (PyErr_Occurred()) {
-        report_error(t);
-        return;
-    }
+    Py_DECREF(site);
     PyObject *ref = PyObject_GetAttr(deferred, s_rd_ref);
     if (ref == NULL) {
-        report_error(t);
-        return;
+        return report_error(t);
     }
+    int failed = 0;
     if (ref != Py_None) { /* promoted: still tracked until now (rare: lived past a sweep) */
         PyObject *r = PyObject_CallOneArg(t->promoted_fired, ref);
         if (r == NULL) {
-            report_error(t);
+            failed = report_error(t);
         }
         Py_XDECREF(r);
     }
     Py_DECREF(ref);
+    return failed;
 }
 
 static int
@@ -547,7 +546,9 @@ init_body(Tracker *t, PyObject *self, PyObject *canceller)
     if (PyObject_SetAttr(self, s_rd_ref, Py_None) < 0) {
         return NULL;
     }
-    track_new(t, self);
+    if (track_new(t, self) < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -557,22 +558,30 @@ Hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames
     Tracker *t = h->tracker;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (h->kind == HOOK_FIRE) {
-        if (nargs >= 1) {
-            track_fired(t, args[0]);
+        if (nargs >= 1 && track_fired(t, args[0]) < 0) {
+            return NULL;
         }
         return PyObject_Vectorcall(t->original_start, args, nargsf, kwnames);
     }
-    /* __init__(self, canceller=None) */
+    /* __init__(self, canceller=None), positional or keyword */
+    PyObject *self = nargs >= 1 ? args[0] : NULL;
+    PyObject *canceller = nargs >= 2 ? args[1] : NULL;
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs == 2 && nkw == 0) {
-        return init_body(t, args[0], args[1]);
+    int plain = nargs <= 2;
+    for (Py_ssize_t k = 0; plain && k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        if (canceller == NULL && PyUnicode_CompareWithASCIIString(name, "canceller") == 0) {
+            canceller = args[nargs + k];
+        }
+        else if (self == NULL && PyUnicode_CompareWithASCIIString(name, "self") == 0) {
+            self = args[nargs + k];
+        }
+        else {
+            plain = 0;
+        }
     }
-    if (nargs == 1 && nkw == 0) {
-        return init_body(t, args[0], Py_None);
-    }
-    if (nargs == 1 && nkw == 1 &&
-        PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_canceller) == 0) {
-        return init_body(t, args[0], args[1]);
+    if (plain && self != NULL) {
+        return init_body(t, self, canceller == NULL ? Py_None : canceller);
     }
     /* Anything else is the caller's mistake: Twisted's own __init__ reports it. */
     return PyObject_Vectorcall(t->original_init, args, nargsf, kwnames);
@@ -714,6 +723,7 @@ typedef struct {
     pthread_t thread;
     int started;
     int stopping;
+    int detached; /* stop() was called from the callback: the thread drops its reference */
     long long wakes;
     long long calls;
 } Sleeper;
@@ -769,16 +779,33 @@ sleeper_main(void *arg)
                 }
             }
             else {
-                caught = tick;
                 delay = s->threshold_s;
                 if (!_Py_IsFinalizing()) {
                     PyGILState_STATE gil = PyGILState_Ensure();
-                    s->calls++;
-                    PyObject *r = PyObject_CallNoArgs(s->callback);
-                    if (r == NULL) {
-                        PyErr_Clear(); /* the callback reports its own errors */
+                    if (!s->stopping) { /* stop() may have come while we waited for the GIL */
+                        s->calls++;
+                        /* True: captured (once per span); False: look again soon; None: the
+                         * callback failed (and reported it): look again a threshold later. */
+                        PyObject *r = PyObject_CallNoArgs(s->callback);
+                        if (r == NULL) {
+                            PyErr_WriteUnraisable(s->callback);
+                        }
+                        else if (r == Py_True) {
+                            caught = tick;
+                        }
+                        else if (r == Py_False) {
+                            delay = s->interval_s;
+                        }
+                        Py_XDECREF(r);
                     }
-                    Py_XDECREF(r);
+                    if (s->detached) {
+                        /* stop() ran inside the callback: this thread holds the last use of
+                         * its own reference and ends here. */
+                        s->detached = 0;
+                        Py_DECREF(s);
+                        PyGILState_Release(gil);
+                        return NULL;
+                    }
                     PyGILState_Release(gil);
                 }
             }
@@ -814,6 +841,8 @@ Sleeper_init(Sleeper *s, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static void init_sync(Sleeper *s);
+
 static PyObject *
 Sleeper_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -821,12 +850,7 @@ Sleeper_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (s == NULL) {
         return NULL;
     }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&s->mutex, NULL);
+    init_sync(s);
     return (PyObject *)s;
 }
 
@@ -839,6 +863,10 @@ Sleeper_start(Sleeper *s, PyObject *unused)
     }
     if (s->started) {
         Py_RETURN_NONE;
+    }
+    if (s->detached) {
+        PyErr_SetString(PyExc_RuntimeError, "the previous thread is still stopping");
+        return NULL;
     }
     s->stopping = 0;
     int rc = pthread_create(&s->thread, NULL, sleeper_main, s);
@@ -857,21 +885,47 @@ Sleeper_stop(Sleeper *s, PyObject *unused)
     if (!s->started) {
         Py_RETURN_NONE;
     }
+    s->started = 0; /* claimed under the GIL: a concurrent stop() returns at once */
     pthread_mutex_lock(&s->mutex);
     s->stopping = 1;
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->mutex);
     if (pthread_equal(pthread_self(), s->thread)) {
-        /* stop() from the callback: the thread ends after it returns */
+        /* stop() from the callback: the thread drops its own reference when it returns */
         pthread_detach(s->thread);
+        s->detached = 1;
+        Py_RETURN_NONE;
     }
-    else {
-        Py_BEGIN_ALLOW_THREADS /* the thread may be waiting for the GIL */
-        pthread_join(s->thread, NULL);
-        Py_END_ALLOW_THREADS
-    }
+    Py_BEGIN_ALLOW_THREADS /* the thread may be waiting for the GIL */
+    pthread_join(s->thread, NULL);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(s); /* the thread's reference */
+    Py_RETURN_NONE;
+}
+
+static void
+init_sync(Sleeper *s)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&s->mutex, NULL);
+}
+
+/* In a forked child: the thread does not exist there (and may have held the mutex). */
+static PyObject *
+Sleeper_forget_thread(Sleeper *s, PyObject *unused)
+{
+    int had_thread = s->started || s->detached;
     s->started = 0;
-    Py_DECREF(s);
+    s->detached = 0;
+    s->stopping = 0;
+    init_sync(s);
+    if (had_thread) {
+        Py_DECREF(s); /* the thread's reference; the caller still holds one */
+    }
     Py_RETURN_NONE;
 }
 
@@ -903,6 +957,8 @@ static PyGetSetDef Sleeper_getset[] = {
 static PyMethodDef Sleeper_methods[] = {
     {"start", (PyCFunction)Sleeper_start, METH_NOARGS, "Start the thread."},
     {"stop", (PyCFunction)Sleeper_stop, METH_NOARGS, "Stop the thread and join it."},
+    {"forget_thread", (PyCFunction)Sleeper_forget_thread, METH_NOARGS,
+     "After fork(), in the child: the thread is gone; reset."},
     {NULL},
 };
 

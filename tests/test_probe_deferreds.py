@@ -387,3 +387,18 @@ def test_the_compiled_path_is_what_the_monitor_uses() -> None:
     finally:
         monitor.stop()
     assert not isinstance(vars(defer.Deferred)["__init__"], _accel.Hook)
+
+
+def test_keyboard_interrupt_inside_the_probe_propagates(
+    probe: DeferredsProbe, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe error is counted; a KeyboardInterrupt (a signal handler running inside the
+    probe's own Python code) reaches the program, on both paths."""
+
+    def interrupted(*_: object) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probe, "_new_site", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        defer.Deferred[None]()  # a new line: a new site
+    assert errors.counts == {}

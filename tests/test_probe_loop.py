@@ -366,6 +366,70 @@ def test_wall_clock_watchdog_catches_a_busy_span_once_and_sleeps_while_waiting(
     assert errors.counts == {}
 
 
+def test_the_c_sleeper_survives_stop_from_its_callback_and_concurrent_stops() -> None:
+    from dashboard import accel
+
+    assert accel.built is not None, "dashboard._accel was not built"
+    pulse = accel.built.PulseBase()
+    pulse.tick = time.time() - 10  # a span long past the threshold
+    looks: list[bool] = []
+    holder: dict[str, Any] = {}
+
+    def stop_from_inside() -> bool:
+        sleeper = holder.pop("sleeper")
+        sleeper.stop()  # on the sleeper's own thread
+        del sleeper  # the last reference but the thread's own
+        looks.append(True)
+        return True
+
+    sleeper = accel.built.Sleeper(
+        pulse=pulse, callback=stop_from_inside, threshold_s=0.01, interval_s=0.005
+    )
+    sleeper.start()
+    holder["sleeper"] = sleeper
+    del sleeper
+    deadline = time.monotonic() + 5
+    while not looks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert looks == [True]
+
+    idle = accel.built.Sleeper(
+        pulse=accel.built.PulseBase(), callback=lambda: True, threshold_s=0.05, interval_s=0.005
+    )
+    idle.start()
+    stoppers = [threading.Thread(target=idle.stop) for _ in range(4)]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join(5)
+    assert not any(stopper.is_alive() for stopper in stoppers)
+    assert not idle.running and idle.calls == 0
+
+
+def test_a_forked_child_has_a_stopped_watchdog_and_exits() -> None:
+    import os
+
+    from dashboard.monitor import Monitor
+    from dashboard.testing import global_reactor
+
+    monitor = Monitor(global_reactor())
+    monitor.start()
+    try:
+        dog = monitor.loop.watchdog
+        assert dog is not None and dog.compiled and dog.running
+        pid = os.fork()
+        if pid == 0:  # the child: its watchdog thread does not exist
+            code = 0 if not dog.running else 3
+            dog.stop()  # must not hang
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert dog.running  # the parent's is untouched
+    finally:
+        monitor.stop()
+
+
 def test_a_program_that_never_stops_its_monitor_exits_cleanly() -> None:
     """The C sleeper thread is stopped at exit, even mid-block: no crash, no hang."""
     import subprocess

@@ -69,10 +69,14 @@ class _PySiteCounts:
         self.lost = 0
 
 
+#: Whether sites count in the compiled SiteCounts (the compiled hot path needs them).
+_COMPILED_COUNTS = accel.enabled()
+
 if TYPE_CHECKING:
     from dashboard._accel import SiteCounts as _SiteCounts
 else:
-    _SiteCounts = accel.built.SiteCounts if accel.built is not None else _PySiteCounts
+    # chosen at import: REACTOR_DASHBOARD_ACCEL=0 leaves no compiled part in use
+    _SiteCounts = accel.built.SiteCounts if _COMPILED_COUNTS else _PySiteCounts
 
 
 class _Site(_SiteCounts):
@@ -212,9 +216,9 @@ class DeferredsProbe:
         """``accelerate``: use the compiled hot path (True: required, an error where it is not
         built; None: where built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
         if accelerate is None:
-            accelerate = accel.enabled()
-        elif accelerate and accel.built is None:
-            raise RuntimeError("dashboard._accel is not built for this Python")
+            accelerate = _COMPILED_COUNTS and accel.enabled()
+        elif accelerate and not _COMPILED_COUNTS:
+            raise RuntimeError("dashboard._accel is not built here, or was switched off")
         self.accelerated = accelerate
         self._tracker: Any = None
         self._reactor = reactor

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,8 @@ class _PyPulseBase:
 if TYPE_CHECKING:
     from dashboard._accel import PulseBase as _PulseBase
 else:
-    _PulseBase = accel.built.PulseBase if accel.built is not None else _PyPulseBase
+    # chosen at import: REACTOR_DASHBOARD_ACCEL=0 leaves no compiled part in use
+    _PulseBase = accel.built.PulseBase if accel.enabled() else _PyPulseBase
 
 
 class ReactorPulse(_PulseBase):
@@ -146,6 +149,7 @@ class Watchdog:
             self._sleeper.start()
             # A C thread must not outlive the interpreter: stop it before finalisation.
             atexit.register(self.stop)
+            _with_sleepers.add(self)
             return
         self._stopping.clear()
         self._thread = threading.Thread(
@@ -159,6 +163,7 @@ class Watchdog:
         sleeper, self._sleeper = self._sleeper, None
         if sleeper is not None:
             atexit.unregister(self.stop)
+            _with_sleepers.discard(self)
             sleeper.stop()
         thread, self._thread = self._thread, None
         self._stopping.set()
@@ -175,12 +180,21 @@ class Watchdog:
                 self._on_error(exc)
                 delay = self.threshold_s
 
-    def _look(self) -> None:
-        """The C sleeper's call, with the GIL, for a span it saw at or past the threshold."""
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the C thread is not there; the watchdog is stopped."""
+        sleeper, self._sleeper = self._sleeper, None
+        if sleeper is not None:
+            atexit.unregister(self.stop)
+            sleeper.forget_thread()
+
+    def _look(self) -> bool | None:
+        """The C sleeper's call, with the GIL, for a span it saw at or past the threshold:
+        True once captured, False to look again soon, None after an error (reported)."""
         try:
-            self.check()
+            return self.check()
         except Exception as exc:
             self._on_error(exc)
+            return None
 
     def next_delay(self) -> float:
         """Seconds to sleep before the next look: until the current busy span reaches the
@@ -210,3 +224,17 @@ class Watchdog:
         pulse.captured = (tick, stack)
         self.captures_total += 1
         return True
+
+
+#: Watchdogs with a running C sleeper, so a forked child can reset them (its copy of the
+#: thread does not exist and may have held the sleeper's lock).
+_with_sleepers: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for dog in list(_with_sleepers):
+        dog._forget_after_fork()
+    _with_sleepers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
