@@ -13,29 +13,19 @@
  * succeed() results are counted as born fired, errors are handed to a Python callback and
  * never raised into the caller. CPython 3.11 and 3.12 only (internal frame layout); the
  * build skips the module elsewhere.
- *
- * Second part: the loop probe's watchdog sleeper. A Python watchdog thread needs the GIL at
- * every wake just to read the reactor's pulse, and each wake costs the busy reactor a GIL
- * hand-over. Here the pulse's `tick` is a C double (PulseBase) that a plain thread reads
- * without the GIL; the GIL is taken only when the reactor has been busy past the threshold,
- * to capture its stack (the Python callback).
  */
-#define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
 #define Py_BUILD_CORE
 #include <Python.h>
 #include <structmember.h>
 #include "internal/pycore_frame.h"
-#include <math.h>
-#include <pthread.h>
-#include <time.h>
 
 #if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030D0000
 #error "dashboard._accel supports CPython 3.11 and 3.12 only"
 #endif
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
-#define ACCEL_ABI 2
+#define ACCEL_ABI 3
 
 static PyObject *s_callbacks, *s_canceller_attr, *s_canceller, *s_debug, *s_rd_ref, *s_called;
 
@@ -674,337 +664,6 @@ Tracker_hook(Tracker *t, PyObject *kind)
 
 
 /* ---------------------------------------------------------------------------------------
- * PulseBase: the loop probe's pulse, with `tick` (reactor-clock seconds, +inf while the
- * reactor waits) in a C double that the sleeper thread reads without the GIL.
- */
-typedef struct {
-    PyObject_HEAD
-    double tick;
-} PulseBase;
-
-static PyMemberDef PulseBase_members[] = {
-    {"tick", T_DOUBLE, offsetof(PulseBase, tick), 0, "start of the current busy span"},
-    {NULL},
-};
-
-static PyObject *
-PulseBase_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    PulseBase *p = (PulseBase *)type->tp_alloc(type, 0);
-    if (p != NULL) {
-        p->tick = INFINITY;
-    }
-    return (PyObject *)p;
-}
-
-static PyTypeObject PulseBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "dashboard._accel.PulseBase",
-    .tp_basicsize = sizeof(PulseBase),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "The reactor pulse's tick, readable without the GIL.",
-    .tp_members = PulseBase_members,
-    .tp_new = PulseBase_new,
-};
-
-/* ---------------------------------------------------------------------------------------
- * Sleeper: a thread that sleeps until the current busy span would reach the threshold, reads
- * the tick without the GIL, and calls `callback()` (with the GIL) only for a busy span at or
- * past the threshold, once per span. `tick` must be wall-clock seconds (time.time()).
- */
-typedef struct {
-    PyObject_HEAD
-    PulseBase *pulse;
-    PyObject *callback;
-    double threshold_s;
-    double interval_s;
-    pthread_mutex_t mutex;
-    pthread_cond_t cond;
-    pthread_t thread;
-    int started;
-    int stopping;
-    int detached; /* stop() was called from the callback: the thread drops its reference */
-    long long wakes;
-    long long calls;
-} Sleeper;
-
-static double
-wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void *
-sleeper_main(void *arg)
-{
-    Sleeper *s = (Sleeper *)arg;
-#ifdef __linux__
-    pthread_setname_np(pthread_self(), "rd-watchdog"); /* as top -H and /proc show it */
-#endif
-    double delay = s->threshold_s;
-    double caught = NAN;
-    pthread_mutex_lock(&s->mutex);
-    while (!s->stopping) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        double whole = floor(delay);
-        deadline.tv_sec += (time_t)whole;
-        deadline.tv_nsec += (long)((delay - whole) * 1e9);
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec += 1;
-            deadline.tv_nsec -= 1000000000L;
-        }
-        int rc = 0;
-        while (!s->stopping && rc == 0) {
-            rc = pthread_cond_timedwait(&s->cond, &s->mutex, &deadline);
-        }
-        if (s->stopping) {
-            break;
-        }
-        pthread_mutex_unlock(&s->mutex);
-        s->wakes++;
-        double tick;
-        __atomic_load(&s->pulse->tick, &tick, __ATOMIC_RELAXED);
-        if (isinf(tick) || tick == caught) {
-            delay = s->threshold_s; /* waiting, or this span already has its stack */
-        }
-        else {
-            double remaining = tick + s->threshold_s - wall_now();
-            if (remaining > 0) {
-                delay = remaining < s->interval_s ? s->interval_s : remaining;
-                if (delay > s->threshold_s) {
-                    delay = s->threshold_s;
-                }
-            }
-            else {
-                delay = s->threshold_s;
-                if (!_Py_IsFinalizing()) {
-                    PyGILState_STATE gil = PyGILState_Ensure();
-                    if (!s->stopping) { /* stop() may have come while we waited for the GIL */
-                        s->calls++;
-                        /* True: captured (once per span); False: look again soon; None: the
-                         * callback failed (and reported it): look again a threshold later. */
-                        PyObject *r = PyObject_CallNoArgs(s->callback);
-                        if (r == NULL) {
-                            PyErr_WriteUnraisable(s->callback);
-                        }
-                        else if (r == Py_True) {
-                            caught = tick;
-                        }
-                        else if (r == Py_False) {
-                            delay = s->interval_s;
-                        }
-                        Py_XDECREF(r);
-                    }
-                    if (s->detached) {
-                        /* stop() ran inside the callback: this thread holds the last use of
-                         * its own reference and ends here. */
-                        s->detached = 0;
-                        Py_DECREF(s);
-                        PyGILState_Release(gil);
-                        return NULL;
-                    }
-                    PyGILState_Release(gil);
-                }
-            }
-        }
-        pthread_mutex_lock(&s->mutex);
-    }
-    pthread_mutex_unlock(&s->mutex);
-    return NULL;
-}
-
-static int
-Sleeper_init(Sleeper *s, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"pulse", "callback", "threshold_s", "interval_s", NULL};
-    PyObject *pulse, *callback;
-    double threshold_s, interval_s;
-    if (s->started) {
-        PyErr_SetString(PyExc_RuntimeError, "Sleeper already started");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$O!Odd", kwlist, &PulseBaseType, &pulse,
-                                     &callback, &threshold_s, &interval_s)) {
-        return -1;
-    }
-    if (!(threshold_s > 0) || !(interval_s > 0) || !isfinite(threshold_s)) {
-        PyErr_SetString(PyExc_ValueError, "threshold_s and interval_s must be > 0");
-        return -1;
-    }
-    Py_XSETREF(s->pulse, (PulseBase *)Py_NewRef(pulse));
-    Py_XSETREF(s->callback, Py_NewRef(callback));
-    s->threshold_s = threshold_s;
-    s->interval_s = interval_s;
-    return 0;
-}
-
-static void init_sync(Sleeper *s);
-
-static PyObject *
-Sleeper_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    Sleeper *s = (Sleeper *)type->tp_alloc(type, 0);
-    if (s == NULL) {
-        return NULL;
-    }
-    init_sync(s);
-    return (PyObject *)s;
-}
-
-static PyObject *
-Sleeper_start(Sleeper *s, PyObject *unused)
-{
-    if (s->pulse == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Sleeper not initialised");
-        return NULL;
-    }
-    if (s->started) {
-        Py_RETURN_NONE;
-    }
-    if (s->detached) {
-        PyErr_SetString(PyExc_RuntimeError, "the previous thread is still stopping");
-        return NULL;
-    }
-    s->stopping = 0;
-    int rc = pthread_create(&s->thread, NULL, sleeper_main, s);
-    if (rc != 0) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    s->started = 1;
-    Py_INCREF(s); /* the thread's reference, dropped by stop() */
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-Sleeper_stop(Sleeper *s, PyObject *unused)
-{
-    if (!s->started) {
-        Py_RETURN_NONE;
-    }
-    s->started = 0; /* claimed under the GIL: a concurrent stop() returns at once */
-    pthread_mutex_lock(&s->mutex);
-    s->stopping = 1;
-    pthread_cond_signal(&s->cond);
-    pthread_mutex_unlock(&s->mutex);
-    if (pthread_equal(pthread_self(), s->thread)) {
-        /* stop() from the callback: the thread drops its own reference when it returns */
-        pthread_detach(s->thread);
-        s->detached = 1;
-        Py_RETURN_NONE;
-    }
-    Py_BEGIN_ALLOW_THREADS /* the thread may be waiting for the GIL */
-    pthread_join(s->thread, NULL);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(s); /* the thread's reference */
-    Py_RETURN_NONE;
-}
-
-static void
-init_sync(Sleeper *s)
-{
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&s->mutex, NULL);
-}
-
-/* In a forked child: the thread does not exist there (and may have held the mutex). */
-static PyObject *
-Sleeper_forget_thread(Sleeper *s, PyObject *unused)
-{
-    int had_thread = s->started || s->detached;
-    s->started = 0;
-    s->detached = 0;
-    s->stopping = 0;
-    init_sync(s);
-    if (had_thread) {
-        Py_DECREF(s); /* the thread's reference; the caller still holds one */
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-Sleeper_get_running(Sleeper *s, void *closure)
-{
-    return PyBool_FromLong(s->started);
-}
-
-static PyObject *
-Sleeper_get_wakes(Sleeper *s, void *closure)
-{
-    return PyLong_FromLongLong(s->wakes);
-}
-
-static PyObject *
-Sleeper_get_calls(Sleeper *s, void *closure)
-{
-    return PyLong_FromLongLong(s->calls);
-}
-
-static PyGetSetDef Sleeper_getset[] = {
-    {"running", (getter)Sleeper_get_running, NULL, "the thread runs", NULL},
-    {"wakes", (getter)Sleeper_get_wakes, NULL, "times the thread woke", NULL},
-    {"calls", (getter)Sleeper_get_calls, NULL, "times it took the GIL to call back", NULL},
-    {NULL},
-};
-
-static PyMethodDef Sleeper_methods[] = {
-    {"start", (PyCFunction)Sleeper_start, METH_NOARGS, "Start the thread."},
-    {"stop", (PyCFunction)Sleeper_stop, METH_NOARGS, "Stop the thread and join it."},
-    {"forget_thread", (PyCFunction)Sleeper_forget_thread, METH_NOARGS,
-     "After fork(), in the child: the thread is gone; reset."},
-    {NULL},
-};
-
-static int
-Sleeper_traverse(Sleeper *s, visitproc visit, void *arg)
-{
-    Py_VISIT(s->pulse);
-    Py_VISIT(s->callback);
-    return 0;
-}
-
-static int
-Sleeper_clear(Sleeper *s)
-{
-    Py_CLEAR(s->pulse);
-    Py_CLEAR(s->callback);
-    return 0;
-}
-
-static void
-Sleeper_dealloc(Sleeper *s)
-{
-    /* A running thread holds a reference: here the thread is gone. */
-    PyObject_GC_UnTrack(s);
-    Sleeper_clear(s);
-    pthread_cond_destroy(&s->cond);
-    pthread_mutex_destroy(&s->mutex);
-    Py_TYPE(s)->tp_free((PyObject *)s);
-}
-
-static PyTypeObject SleeperType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "dashboard._accel.Sleeper",
-    .tp_basicsize = sizeof(Sleeper),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The watchdog's GIL-free sleeper thread.",
-    .tp_traverse = (traverseproc)Sleeper_traverse,
-    .tp_clear = (inquiry)Sleeper_clear,
-    .tp_dealloc = (destructor)Sleeper_dealloc,
-    .tp_init = (initproc)Sleeper_init,
-    .tp_new = Sleeper_new,
-    .tp_methods = Sleeper_methods,
-    .tp_getset = Sleeper_getset,
-};
-
-/* ---------------------------------------------------------------------------------------
  * Module
  */
 static struct PyModuleDef accel_module = {
@@ -1026,8 +685,7 @@ PyInit__accel(void)
         return NULL;
     }
     if (PyType_Ready(&SiteCountsType) < 0 || PyType_Ready(&TrackerType) < 0 ||
-        PyType_Ready(&HookType) < 0 || PyType_Ready(&PulseBaseType) < 0 ||
-        PyType_Ready(&SleeperType) < 0) {
+        PyType_Ready(&HookType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&accel_module);
@@ -1037,9 +695,7 @@ PyInit__accel(void)
     if (PyModule_AddIntConstant(m, "ABI", ACCEL_ABI) < 0 ||
         PyModule_AddObjectRef(m, "SiteCounts", (PyObject *)&SiteCountsType) < 0 ||
         PyModule_AddObjectRef(m, "Tracker", (PyObject *)&TrackerType) < 0 ||
-        PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0 ||
-        PyModule_AddObjectRef(m, "PulseBase", (PyObject *)&PulseBaseType) < 0 ||
-        PyModule_AddObjectRef(m, "Sleeper", (PyObject *)&SleeperType) < 0) {
+        PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

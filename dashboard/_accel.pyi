@@ -35,23 +35,4 @@ class Tracker:
     ) -> None: ...
     def hook(self, kind: str) -> Hook: ...
 
-class PulseBase:
-    tick: float
-
-class Sleeper:
-    running: bool
-    wakes: int
-    calls: int
-    def __init__(
-        self,
-        *,
-        pulse: PulseBase,
-        callback: Callable[[], object],
-        threshold_s: float,
-        interval_s: float,
-    ) -> None: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def forget_thread(self) -> None: ...
-
 ABI: int
