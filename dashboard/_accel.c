@@ -19,13 +19,14 @@
 #include <Python.h>
 #include <structmember.h>
 #include "internal/pycore_frame.h"
+#include "internal/pycore_object.h"
 
 #if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030D0000
 #error "dashboard._accel supports CPython 3.11 and 3.12 only"
 #endif
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
-#define ACCEL_ABI 3
+#define ACCEL_ABI 4
 
 static PyObject *s_callbacks, *s_canceller_attr, *s_canceller, *s_debug, *s_rd_ref, *s_called;
 
@@ -664,6 +665,31 @@ Tracker_hook(Tracker *t, PyObject *kind)
 
 
 /* ---------------------------------------------------------------------------------------
+ * dict_materialized(obj): a diagnostic for the tests. On 3.11+ an instance keeps its
+ * attributes in an inline values array until something asks for its __dict__; from then on
+ * it has a real dict and attribute access on it leaves the specialised fast path. True: it
+ * has one; False: values still inline; None: the type does not manage its dict that way.
+ */
+static PyObject *
+accel_dict_materialized(PyObject *module, PyObject *obj)
+{
+    if (!(Py_TYPE(obj)->tp_flags & Py_TPFLAGS_MANAGED_DICT)) {
+        Py_RETURN_NONE;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyBool_FromLong(!_PyDictOrValues_IsValues(*_PyObject_DictOrValuesPointer(obj)));
+#else
+    return PyBool_FromLong(*_PyObject_ManagedDictPointer(obj) != NULL);
+#endif
+}
+
+static PyMethodDef accel_methods[] = {
+    {"dict_materialized", accel_dict_materialized, METH_O,
+     "Whether obj's instance dict was materialised (tests)."},
+    {NULL},
+};
+
+/* ---------------------------------------------------------------------------------------
  * Module
  */
 static struct PyModuleDef accel_module = {
@@ -671,6 +697,7 @@ static struct PyModuleDef accel_module = {
     .m_name = "dashboard._accel",
     .m_doc = "Optional accelerator for the Deferred probe's hot path.",
     .m_size = -1,
+    .m_methods = accel_methods,
 };
 
 PyMODINIT_FUNC

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -66,9 +67,16 @@ class ProbeErrors:
 class Patcher:
     """Replaces attributes and puts the exact originals back.
 
-    ``patch(owner, name, new)`` remembers what ``owner.__dict__`` held under ``name``
-    (or that it held nothing, in which case ``restore`` deletes the attribute again),
-    so after ``restore()`` every attribute is the very same object as before.
+    ``patch(owner, name, new)`` remembers what ``owner`` held under ``name`` itself (or that
+    it held nothing, in which case ``restore`` deletes the attribute again), so after
+    ``restore()`` every attribute is the very same object as before.
+
+    For a class or a module that is its ``__dict__`` entry. A plain instance's ``__dict__`` is
+    never touched: on CPython 3.11+ reading it turns the instance's inline attribute values
+    into a real dict for good, and every later attribute access on it (the reactor's, on every
+    request) falls off the interpreter's specialised fast path (measured: +15,000 instructions
+    per Klein request). An instance holds the attribute itself when what it answers is not
+    what its class answers.
     """
 
     _saved: list[tuple[Any, str, Any]] = attrs.field(factory=list)
@@ -76,7 +84,7 @@ class Patcher:
     def patch(self, owner: Any, name: str, new: Any) -> Any:
         """Install ``new`` as ``owner.name``; returns the attribute as looked up before."""
         before = getattr(owner, name, None)
-        self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        self._saved.append((owner, name, _own_attribute(owner, name)))
         setattr(owner, name, new)
         return before
 
@@ -92,6 +100,24 @@ class Patcher:
     @property
     def active(self) -> bool:
         return bool(self._saved)
+
+
+def _own_attribute(owner: Any, name: str) -> Any:
+    """What ``owner`` holds under ``name`` itself, or ``_MISSING``; see :class:`Patcher`."""
+    if isinstance(owner, (type, types.ModuleType)):
+        return vars(owner).get(name, _MISSING)
+    value = getattr(owner, name, _MISSING)
+    if value is _MISSING:
+        return _MISSING
+    from_class: Any = getattr(type(owner), name, _MISSING)
+    if from_class is not _MISSING and hasattr(type(from_class), "__get__"):
+        try:  # a method: the instance answers a new bound method each time
+            from_class = from_class.__get__(owner, type(owner))
+        except Exception:
+            return value
+    if value is from_class or (isinstance(value, types.MethodType) and value == from_class):
+        return _MISSING
+    return value
 
 
 def frame_site(filename: str, lineno: int, function: str) -> str:

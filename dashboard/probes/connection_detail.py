@@ -110,8 +110,9 @@ def _requests(channel: http.HTTPChannel, age_s: float) -> tuple[list[JSONDict], 
     shown: list[JSONDict] = []
     last = queue[-1] if queue else None
     for request in queue[:MAX_REQUESTS_PER_CONNECTION]:
-        fields = request.__dict__
-        method, uri = fields.get("method"), fields.get("uri")
+        # What the request itself holds (not its class's placeholder), read without touching
+        # request.__dict__: that would take the object off the interpreter's fast path.
+        method, uri = _own(request, "method"), _own(request, "uri")
         if method is None and request is last:
             # Headers still arriving: the channel holds the parsed request line meanwhile.
             method = getattr(channel, "_command", None)
@@ -124,6 +125,12 @@ def _requests(channel: http.HTTPChannel, age_s: float) -> tuple[list[JSONDict], 
             }
         )
     return shown, len(queue)
+
+
+def _own(obj: object, name: str) -> Any:
+    """``obj.name`` when the object set it, None when only its class answers."""
+    value = getattr(obj, name, None)
+    return None if value is getattr(type(obj), name, None) else value
 
 
 def pending_write_bytes(transport: Any) -> int:
