@@ -37,14 +37,37 @@ _active: list[Monitor] = []
 Subscriber = Callable[["Sample"], None]
 
 
-@attrs.frozen
 class Sample:
-    """One snapshot as taken: the JSON-ready dict and its encoding, made once for every reader."""
+    """One snapshot as taken: its JSON encoding, made once for every reader, and the dict.
 
-    seq: int
-    time: float
-    data: JSONDict
-    encoded: bytes
+    Only the newest sample keeps the dict: once a newer one exists, ``release()`` drops it and
+    ``data`` decodes the bytes on demand. Bytes are not tracked by the garbage collector, so a
+    full history ring (900 samples of a busy service: hundreds of thousands of containers as
+    dicts) does not lengthen every full collection of the host program.
+    """
+
+    __slots__ = ("_data", "encoded", "seq", "time")
+
+    def __init__(self, *, seq: int, time: float, data: JSONDict, encoded: bytes) -> None:
+        self.seq = seq
+        self.time = time
+        self.encoded = encoded
+        self._data: JSONDict | None = data
+
+    @property
+    def data(self) -> JSONDict:
+        data = self._data
+        if data is None:  # an older sample: decoded each time, never kept
+            decoded: JSONDict = json.loads(self.encoded)
+            return decoded
+        return data
+
+    def release(self) -> None:
+        """Keep only the bytes (the monitor calls this once a newer sample exists)."""
+        self._data = None
+
+    def __repr__(self) -> str:
+        return f"Sample(seq={self.seq}, time={self.time}, {len(self.encoded)} bytes)"
 
 
 class MonitorAlreadyRunning(RuntimeError):
@@ -263,6 +286,8 @@ class Monitor:
         data = self.snapshot()
         encoded = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         sample = Sample(seq=self._seq, time=data["time"], data=data, encoded=encoded)
+        if self._samples:
+            self._samples[-1].release()
         self._samples.append(sample)
         for subscriber in list(self._subscribers):
             try:

@@ -73,3 +73,33 @@ def test_monitor_and_snapshot_leave_reactor_request_and_transport_dicts_alone() 
     for name in ("reactor_before", "reactor", "request", "channel", "transport"):
         assert report[name] is False, (name, report)
     assert report["reactor_after_stop"] is False, report
+
+
+def test_history_keeps_bytes_not_dicts_for_all_but_the_newest_sample() -> None:
+    """900 samples of a busy service as dicts would be hundreds of thousands of containers in
+    every full collection of the host program; bytes are not tracked by the collector."""
+    import gc
+
+    from dashboard.monitor import Monitor
+    from dashboard.testing import global_reactor
+
+    monitor = Monitor(global_reactor(), history=50)
+    monitor.start()
+    try:
+        taken = []
+        as_taken = {}
+        for _ in range(60):
+            sample = monitor.sample()
+            taken.append(sample)
+            as_taken[sample.seq] = sample.data  # the dict itself, while it is the newest
+        ring = list(monitor.samples())
+        assert [s.seq for s in ring] == [s.seq for s in taken[-50:]]
+        newest = ring[-1]
+        assert newest is monitor.latest() and newest.data is newest.data  # kept as taken
+        for sample in ring[:-1]:
+            assert sample._data is None and not gc.is_tracked(sample.encoded)
+            assert sample.data == as_taken[sample.seq]  # the same figures, decoded
+        gc.collect()
+        assert not any(gc.is_tracked(s.encoded) for s in ring)
+    finally:
+        monitor.stop()
