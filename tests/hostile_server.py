@@ -100,7 +100,9 @@ def main(argv: list[str]) -> None:
     exec(compile(HOSTILE_CODE, CODE_FILE, "exec"), namespace)
     for _ in range(3):
         namespace["leak"]()
-    reactor.callLater(0.5, namespace["block"])
+    # From the running reactor: scheduled before run(), a slow start (a loaded machine) could
+    # run it before the loop probe's first poller wait, when no busy span is measured yet.
+    reactor.callWhenRunning(reactor.callLater, 0.5, namespace["block"])
 
     idle_protocol = timing_out_protocol()
     app_port = reactor.listenTCP(0, Site(HoldOpen()), interface="127.0.0.1")
