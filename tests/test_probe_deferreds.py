@@ -54,8 +54,9 @@ def site_row(section: dict[str, Any], site: str) -> dict[str, Any]:
     return row
 
 
-def test_counts_are_exact_per_site(probe: DeferredsProbe) -> None:
+def test_counts_are_exact_per_site(probe: DeferredsProbe, accelerate: bool) -> None:
     before = probe.collect()
+    assert before["hot_path"] == ("compiled" if accelerate else "python")
     made: list[defer.Deferred[int]] = []
     for _ in range(7):
         where = site_here(1)

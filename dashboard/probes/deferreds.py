@@ -479,6 +479,7 @@ class DeferredsProbe:
             "fired_total": fired,
             "unfired_collected_total": lost,
             "born_fired_total": born_fired,
+            "hot_path": "compiled" if self.accelerated else "python",
             "oldest_pending_age_s": round(max(0.0, oldest_age), 3),
             "sites_total": len(all_sites) - (0 if self._other.created else 1),
             "sites": [

@@ -73,6 +73,7 @@ _DEFERREDS = _object(
         "fired_total": "integer",
         "unfired_collected_total": "integer",
         "born_fired_total": "integer",
+        "hot_path": "string",
         "oldest_pending_age_s": "number",
         "sites_total": "integer",
         "sites": "array",
