@@ -47,13 +47,14 @@ class ServerProcess:
 
     def __init__(self, port: int = 0, prefix: str = "") -> None:
         self.prefix = prefix
-        ports = self._start(
+        words = self._start(
             [sys.executable, str(SERVER_SCRIPT), "--port", str(port), "--prefix", prefix]
         )
-        self.port = ports[0]
+        self.port = int(words[0])
 
-    def _start(self, command: list[str], deadline_s: float = 20) -> list[int]:
-        """Start ``command`` and wait for its ``listening PORT [PORT...]`` line."""
+    def _start(self, command: list[str], deadline_s: float = 20) -> list[str]:
+        """Start ``command`` and wait for its ``listening WORD [WORD...]`` line (ports, and
+        whatever else the server reports); the words after ``listening``."""
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -70,7 +71,7 @@ class ServerProcess:
                     break
                 line = self.process.stdout.readline().decode()
                 if line.startswith("listening "):
-                    return [int(port) for port in line.split()[1:]]
+                    return line.split()[1:]
                 if not line:  # the process ended
                     break
         self.stop()

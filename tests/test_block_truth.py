@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.browser_support import ServerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = Path(__file__).resolve().parent / "block_server.py"
 BLOCK_S = 5.0
@@ -34,50 +33,20 @@ CLIENTS = 6
 FRAME_ID = re.compile(rb"\nid: (\d+)\n")
 
 
-class BlockServer:
+class BlockServer(ServerProcess):
+    """tests/block_server.py: a monitored reactor that blocks for ``BLOCK_S`` on SIGUSR1."""
+
     def __init__(self, reactor_name: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(SERVER), "--reactor", reactor_name, "--block-s", str(BLOCK_S)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        self.prefix = ""
+        port, self.reactor_class = self._start(
+            [sys.executable, str(SERVER), "--reactor", reactor_name, "--block-s", str(BLOCK_S)]
         )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 20
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=deadline - time.monotonic()):
-                    break
-                line = self.process.stdout.readline().decode()
-                if line.startswith("listening "):
-                    _, port, self.reactor_class = line.split()
-                    self.port = int(port)
-                    return
-                if not line:
-                    break
-        self.stop()
-        raise AssertionError(f"the block server did not start: {self.stderr()}")
+        self.port = int(port)
 
     def get(self, path: str) -> Any:
         url = f"http://127.0.0.1:{self.port}{path}"
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.loads(response.read())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def stderr(self) -> str:
-        if self.process.poll() is None or self.process.stderr is None:
-            return "(running)"
-        return self.process.stderr.read().decode(errors="replace")[-3000:]
 
 
 class StreamClient:

@@ -69,7 +69,7 @@ class HostileServer(ServerProcess):
         command = [sys.executable, str(HOSTILE_SERVER)]
         if token is not None:
             command += ["--token", token]
-        self.port, self.app_port = self._start(command)
+        self.port, self.app_port = (int(word) for word in self._start(command))
 
 
 def hold_hostile_requests(port: int) -> list[socket.socket]:
