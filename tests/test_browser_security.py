@@ -137,6 +137,12 @@ def test_hostile_strings_are_shown_as_text_and_never_run(browser: BrowserThread)
                 ".includes(n))",
                 [POOL_NAME, CODE_FILE, PROTOCOL_NAME],
             )
+            # The block comes 0.5 s after the server runs: wait for it too, not only for renders.
+            wait_for(
+                page,
+                "(code) => document.getElementById('blocks-list').textContent.includes(code)",
+                CODE_FILE,
+            )
             wait_for(page, "(n) => window.__dashboardStats.renders >= n + 3", 1)
             found[f"tables_bypass={bypass}"] = {
                 "connections": text(page, "#connections-table"),
