@@ -36,15 +36,6 @@ BUDGET_MS = 5.0
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[BrowserThread]:
-    thread = BrowserThread()
-    try:
-        yield thread
-    finally:
-        thread.close()
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     process = ServerProcess(prefix=PREFIX)
     try:

@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.browser_support import BrowserThread, ServerProcess, new_page, text, wait_for
@@ -85,15 +83,6 @@ def hold_hostile_requests(port: int) -> list[socket.socket]:
         sock.sendall(head.encode())
         held.append(sock)
     return held
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[BrowserThread]:
-    thread = BrowserThread()
-    try:
-        yield thread
-    finally:
-        thread.close()
 
 
 def open_live(page: Page, url: str) -> Any:
