@@ -28,7 +28,7 @@
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
 #define ACCEL_ABI 4
 
-static PyObject *s_callbacks, *s_canceller_attr, *s_canceller, *s_debug, *s_rd_ref, *s_called;
+static PyObject *s_callbacks, *s_canceller_attr, *s_debug, *s_rd_ref, *s_called;
 
 /* ---------------------------------------------------------------------------------------
  * SiteCounts: the counters of one creation site, a base class for the probe's _Site.
@@ -705,7 +705,6 @@ PyInit__accel(void)
 {
     if (!(s_callbacks = PyUnicode_InternFromString("_callbacks")) ||
         !(s_canceller_attr = PyUnicode_InternFromString("_canceller")) ||
-        !(s_canceller = PyUnicode_InternFromString("canceller")) ||
         !(s_debug = PyUnicode_InternFromString("debug")) ||
         !(s_rd_ref = PyUnicode_InternFromString("_rd_ref")) ||
         !(s_called = PyUnicode_InternFromString("called"))) {

@@ -13,6 +13,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from dashboard import accel
 from dashboard.probes import deferreds
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.deferreds import DeferredsProbe
@@ -35,7 +36,7 @@ def accelerate(request: pytest.FixtureRequest) -> bool:
     wanted: bool = request.param
     if wanted:
         # Built by the install on CPython 3.11/3.12 (hatch_build.py); its absence is a failure.
-        assert deferreds.accelerator_available(), "dashboard._accel was not built"
+        assert accel.built is not None, "dashboard._accel was not built"
     return wanted
 
 
@@ -378,7 +379,7 @@ def test_the_compiled_path_is_what_the_monitor_uses() -> None:
     from dashboard.monitor import Monitor
     from dashboard.testing import global_reactor
 
-    assert deferreds.accelerator_available(), "dashboard._accel was not built"
+    assert accel.built is not None, "dashboard._accel was not built"
     monitor = Monitor(global_reactor())
     assert monitor.deferreds.accelerated
     monitor.start()

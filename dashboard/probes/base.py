@@ -84,7 +84,7 @@ class Patcher:
     def patch(self, owner: Any, name: str, new: Any) -> Any:
         """Install ``new`` as ``owner.name``; returns the attribute as looked up before."""
         before = getattr(owner, name, None)
-        self._saved.append((owner, name, _own_attribute(owner, name)))
+        self._saved.append((owner, name, own_attribute(owner, name)))
         setattr(owner, name, new)
         return before
 
@@ -102,13 +102,14 @@ class Patcher:
         return bool(self._saved)
 
 
-def _own_attribute(owner: Any, name: str) -> Any:
-    """What ``owner`` holds under ``name`` itself, or ``_MISSING``; see :class:`Patcher`."""
+def own_attribute(owner: Any, name: str, default: Any = _MISSING) -> Any:
+    """What ``owner`` holds under ``name`` itself (not what its class answers), or
+    ``default``; never reads a plain instance's ``__dict__`` (see :class:`Patcher`)."""
     if isinstance(owner, (type, types.ModuleType)):
-        return vars(owner).get(name, _MISSING)
+        return vars(owner).get(name, default)
     value = getattr(owner, name, _MISSING)
     if value is _MISSING:
-        return _MISSING
+        return default
     from_class: Any = getattr(type(owner), name, _MISSING)
     if from_class is not _MISSING and hasattr(type(from_class), "__get__"):
         try:  # a method: the instance answers a new bound method each time
@@ -116,7 +117,7 @@ def _own_attribute(owner: Any, name: str) -> Any:
         except Exception:
             return value
     if value is from_class or (isinstance(value, types.MethodType) and value == from_class):
-        return _MISSING
+        return default
     return value
 
 

@@ -14,7 +14,7 @@ from twisted.internet.endpoints import _WrappingProtocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import http
 
-from dashboard.probes.base import JSONDict, qualname
+from dashboard.probes.base import JSONDict, own_attribute, qualname
 from dashboard.probes.connection_registry import ConnEntry
 
 try:  # TLS needs pyOpenSSL; without it no transport can be TLS.
@@ -112,7 +112,7 @@ def _requests(channel: http.HTTPChannel, age_s: float) -> tuple[list[JSONDict], 
     for request in queue[:MAX_REQUESTS_PER_CONNECTION]:
         # What the request itself holds (not its class's placeholder), read without touching
         # request.__dict__: that would take the object off the interpreter's fast path.
-        method, uri = _own(request, "method"), _own(request, "uri")
+        method, uri = own_attribute(request, "method", None), own_attribute(request, "uri", None)
         if method is None and request is last:
             # Headers still arriving: the channel holds the parsed request line meanwhile.
             method = getattr(channel, "_command", None)
@@ -125,12 +125,6 @@ def _requests(channel: http.HTTPChannel, age_s: float) -> tuple[list[JSONDict], 
             }
         )
     return shown, len(queue)
-
-
-def _own(obj: object, name: str) -> Any:
-    """``obj.name`` when the object set it, None when only its class answers."""
-    value = getattr(obj, name, None)
-    return None if value is getattr(type(obj), name, None) else value
 
 
 def pending_write_bytes(transport: Any) -> int:

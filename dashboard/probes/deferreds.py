@@ -53,11 +53,6 @@ MAX_SITES = 10_000
 MAX_SITE_KEYS = 8 * MAX_SITES
 
 
-def accelerator_available() -> bool:
-    """Whether the compiled hot path (``dashboard._accel``) is built here."""
-    return accel.built is not None
-
-
 class _PySiteCounts:
     """The pure-Python twin of ``dashboard._accel.SiteCounts``."""
 
