@@ -1,4 +1,5 @@
-"""Types of the optional compiled hot path of the Deferred probe (``dashboard/_accel.c``)."""
+"""Types of the optional compiled hot paths of the Deferred and loop probes
+(``dashboard/_accel.c``)."""
 
 import types
 from collections.abc import Callable
@@ -38,3 +39,34 @@ class Tracker:
 ABI: int
 
 def dict_materialized(obj: object) -> bool | None: ...
+
+class Pulse:
+    tick: float
+    spans: int
+    idle_s: float
+    busy_max_s: float
+    captured: tuple[float, list[str]] | None
+    @property
+    def generation(self) -> int: ...
+    def wait_busy(
+        self, threshold_s: float, looked: float, min_sleep_s: float, generation: int, /
+    ) -> float | None: ...
+    def interrupt(self) -> None: ...
+
+class TimedWait:
+    __wrapped__: Callable[..., Any]
+    def __init__(
+        self,
+        *,
+        wait: Callable[..., Any],
+        clock: Callable[[], float],
+        realtime: bool,
+        pulse: Pulse,
+        reactor: Any,
+        has_heap: bool,
+        lag: Any,
+        threshold_s: float,
+        end_block: Callable[[float], object],
+        record_error: Callable[[BaseException], object],
+    ) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...

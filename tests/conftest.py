@@ -7,10 +7,21 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from dashboard import accel
 from dashboard.probes.base import ProbeErrors
 
 if TYPE_CHECKING:
     from tests.browser_support import BrowserThread
+
+
+@pytest.fixture(params=[True, False], ids=["compiled", "python"])
+def accelerate(request: pytest.FixtureRequest) -> bool:
+    """Each test that asks runs on the compiled hot path and on the pure-Python one."""
+    wanted: bool = request.param
+    if wanted:
+        # Built by the install on CPython 3.11/3.12 (hatch_build.py); its absence is a failure.
+        assert accel.built is not None, "dashboard._accel was not built"
+    return wanted
 
 
 @pytest.fixture

@@ -30,16 +30,6 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=[True, False], ids=["compiled", "python"])
-def accelerate(request: pytest.FixtureRequest) -> bool:
-    """Each test runs on the compiled hot path and on the pure-Python one."""
-    wanted: bool = request.param
-    if wanted:
-        # Built by the install on CPython 3.11/3.12 (hatch_build.py); its absence is a failure.
-        assert accel.built is not None, "dashboard._accel was not built"
-    return wanted
-
-
 @pytest.fixture
 def probe(clock: Clock, errors: ProbeErrors, accelerate: bool) -> Iterator[DeferredsProbe]:
     p = DeferredsProbe(clock, errors, clock.seconds, top_sites=50, oldest=20, accelerate=accelerate)

@@ -9,6 +9,7 @@ ratios, lateness and block durations); integration tests run on the reactor unde
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from twisted.internet import defer, pollreactor, selectreactor
 from twisted.internet.base import ReactorBase
 from twisted.internet.task import Clock, deferLater
 
+from dashboard import accel
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.loop import LoopProbe
 from dashboard.probes.watchdog import Watchdog, format_stack
@@ -66,9 +68,14 @@ class FakePoller:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.registered: list[int] = []
+        #: raised by the next poll (after its wait)
+        self.error: BaseException | None = None
 
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
         self.clock.advance(timeout or 0.0)
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
         return [(7, 1)]
 
     def register(self, fd: int, mask: int) -> None:
@@ -99,8 +106,10 @@ def fake() -> FakeReactor:
 
 
 @pytest.fixture
-def probe(fake: FakeReactor, errors: ProbeErrors) -> Iterator[LoopProbe]:
-    p = LoopProbe(fake, errors, fake.seconds, block_threshold_ms=100, window_s=60)
+def probe(fake: FakeReactor, errors: ProbeErrors, accelerate: bool) -> Iterator[LoopProbe]:
+    p = LoopProbe(
+        fake, errors, fake.seconds, block_threshold_ms=100, window_s=60, accelerate=accelerate
+    )
     p.watchdog_enabled = False
     p.install()
     yield p
@@ -116,6 +125,7 @@ def test_busy_ratio_and_iterations_are_exact(probe: LoopProbe, fake: FakeReactor
     assert first["interval_s"] == pytest.approx(0.4)
     assert first["iterations_total"] == 4
     assert first["wait_hook"] == "_poller.poll"
+    assert first["hot_path"] == ("compiled" if probe.accelerated else "python")
     fake.wait(1.0)
     idle = probe.collect()
     assert idle["busy_ratio"] == 0.0
@@ -266,14 +276,14 @@ def test_a_reactor_without_a_wait_hook(errors: ProbeErrors) -> None:
 
 
 def test_faults_in_the_hook_are_counted_and_never_reach_the_reactor(
-    fake: FakeReactor, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+    fake: FakeReactor, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch, accelerate: bool
 ) -> None:
     class Broken:
         @property
         def time(self) -> float:
             raise RuntimeError("boom")
 
-    p = LoopProbe(fake, errors, fake.seconds)
+    p = LoopProbe(fake, errors, fake.seconds, accelerate=accelerate)
     p.watchdog_enabled = False
 
     def broken_end_block(now: float) -> None:
@@ -335,10 +345,10 @@ def _wait_hook_target(reactor: Any) -> tuple[Any, str]:
 
 
 @async_test
-async def test_a_200ms_block_on_the_real_reactor(errors: ProbeErrors) -> None:
+async def test_a_200ms_block_on_the_real_reactor(errors: ProbeErrors, accelerate: bool) -> None:
     reactor = the_reactor()
 
-    probe = LoopProbe(reactor, errors, reactor.seconds)
+    probe = LoopProbe(reactor, errors, reactor.seconds, accelerate=accelerate)
     probe.install()
     try:
         await deferLater(reactor, 0.05, lambda: None)  # the first wait has happened
@@ -367,10 +377,10 @@ async def test_a_200ms_block_on_the_real_reactor(errors: ProbeErrors) -> None:
 
 
 @async_test
-async def test_busy_ratio_busy_then_idle(errors: ProbeErrors) -> None:
+async def test_busy_ratio_busy_then_idle(errors: ProbeErrors, accelerate: bool) -> None:
     reactor = the_reactor()
 
-    probe = LoopProbe(reactor, errors, reactor.seconds)
+    probe = LoopProbe(reactor, errors, reactor.seconds, accelerate=accelerate)
     probe.install()
     try:
         await deferLater(reactor, 0.01, lambda: None)
@@ -403,13 +413,15 @@ async def test_busy_ratio_busy_then_idle(errors: ProbeErrors) -> None:
     assert busy["blocks_total"] == 0  # 5 ms steps are not blocks
 
 
-def test_install_uninstall_restores_by_identity_and_100_cycles(errors: ProbeErrors) -> None:
+def test_install_uninstall_restores_by_identity_and_100_cycles(
+    errors: ProbeErrors, accelerate: bool
+) -> None:
     reactor = the_reactor()
 
     owner, name = _wait_hook_target(reactor)
     before = vars(owner).get(name, "<absent>")
     threads_before = len(watchdog_threads())
-    probe = LoopProbe(reactor, errors, reactor.seconds)
+    probe = LoopProbe(reactor, errors, reactor.seconds, accelerate=accelerate)
     for _ in range(100):
         probe.install()
         assert vars(owner)[name] is not before
@@ -423,11 +435,11 @@ def test_install_uninstall_restores_by_identity_and_100_cycles(errors: ProbeErro
 
 @async_test
 async def test_a_failing_hook_leaves_the_user_code_alone(
-    errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch
+    errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch, accelerate: bool
 ) -> None:
     reactor = the_reactor()
 
-    probe = LoopProbe(reactor, errors, reactor.seconds)
+    probe = LoopProbe(reactor, errors, reactor.seconds, accelerate=accelerate)
 
     def broken(now: float) -> None:
         raise RuntimeError("bookkeeping failed")
@@ -472,13 +484,18 @@ def _dispose(r: Any) -> None:
     ids=["poll", "select"],
 )
 def test_poll_and_select_reactor_instances(
-    make: Callable[[], ReactorBase], owner: Any, name: str, hook: str, errors: ProbeErrors
+    make: Callable[[], ReactorBase],
+    owner: Any,
+    name: str,
+    hook: str,
+    errors: ProbeErrors,
+    accelerate: bool,
 ) -> None:
     r = make()
     try:
         target = r if owner is None else owner
         before = vars(target).get(name)
-        probe = LoopProbe(r, errors, r.seconds)
+        probe = LoopProbe(r, errors, r.seconds, accelerate=accelerate)
         probe.install()
         try:
             assert probe.wait_hook == hook
@@ -509,7 +526,7 @@ def test_poll_and_select_reactor_instances(
         _dispose(r)
 
 
-def test_the_timed_wait_keeps_the_wrapped_signature() -> None:
+def test_the_timed_wait_keeps_the_wrapped_signature(accelerate: bool) -> None:
     """Keyword and omitted arguments reach the real wait unchanged."""
     seen: list[tuple[Any, ...]] = []
 
@@ -525,7 +542,7 @@ def test_the_timed_wait_keeps_the_wrapped_signature() -> None:
         seconds = staticmethod(time.time)
 
     r = R()
-    p = LoopProbe(r, ProbeErrors(), r.seconds)
+    p = LoopProbe(r, ProbeErrors(), r.seconds, accelerate=accelerate)
     p.watchdog_enabled = False
     p.install()
     try:
@@ -535,3 +552,124 @@ def test_the_timed_wait_keeps_the_wrapped_signature() -> None:
     finally:
         p.uninstall()
     assert seen == [(None, -1), (0.0, 3), (0.0, -1)]
+
+
+def test_errors_of_the_wait_pass_through_and_the_iteration_counts(
+    fake: FakeReactor, errors: ProbeErrors, accelerate: bool
+) -> None:
+    """The wait's own exception reaches the reactor unchanged, after the bookkeeping."""
+    poller = fake._poller
+    p = LoopProbe(fake, errors, fake.seconds, accelerate=accelerate)
+    p.watchdog_enabled = False
+    p.install()
+    try:
+        failure = InterruptedError("EINTR")
+        poller.error = failure
+        with pytest.raises(InterruptedError) as raised:
+            fake.wait(0.25)
+        assert raised.value is failure
+        assert p.pulse.spans == 1 and p.pulse.tick == 0.25
+        assert p.collect()["busy_ratio"] == 0.0  # the 0.25 s inside the wait were idle
+        assert fake.wait(0.0) == [(7, 1)]
+        assert p.pulse.spans == 2
+    finally:
+        p.uninstall()
+    assert errors.counts == {}
+
+
+def test_a_keyboard_interrupt_in_the_probe_propagates(
+    fake: FakeReactor, errors: ProbeErrors, monkeypatch: pytest.MonkeyPatch, accelerate: bool
+) -> None:
+    p = LoopProbe(fake, errors, fake.seconds, accelerate=accelerate)
+    p.watchdog_enabled = False
+
+    def interrupted(now: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(p, "_end_block", interrupted)  # captured at install
+    p.install()
+    try:
+        fake.wait(0.01)
+        fake.busy(0.3)
+        with pytest.raises(KeyboardInterrupt):
+            fake.wait(0.01)
+    finally:
+        p.uninstall()
+    assert errors.counts == {}
+
+
+@async_test
+async def test_a_busy_healthy_reactor_and_the_watchdogs_looks(
+    errors: ProbeErrors, accelerate: bool
+) -> None:
+    """The compiled watchdog waits without the GIL: while the reactor is busy in iterations
+    below the threshold it never takes the GIL to look; the Python one looks about every
+    threshold. Both catch the block that follows, with its stack.
+
+    (Iterations of 20 ms: with the GIL released more often than every 5 ms, the switch
+    interval, a Python thread that wants the GIL can starve for as long as that lasts, while
+    every release wakes it for nothing: the cost the compiled wait removes.)"""
+    reactor = the_reactor()
+    probe = LoopProbe(reactor, errors, reactor.seconds, accelerate=accelerate)
+    probe.install()
+    try:
+        watchdog = probe.watchdog
+        assert watchdog is not None and watchdog.compiled is accelerate
+        await deferLater(reactor, 0.01, lambda: None)
+        done: defer.Deferred[None] = defer.Deferred()
+        end = time.monotonic() + 0.6
+
+        def spin() -> None:  # 20 ms of CPU per iteration, 0.6 s in all
+            until = time.monotonic() + 0.02
+            while time.monotonic() < until:
+                pass
+            if time.monotonic() < end:
+                reactor.callLater(0, spin)
+            else:
+                done.callback(None)
+
+        looks_before = watchdog.looks_total
+        reactor.callLater(0, spin)
+        await done
+        looks_busy = watchdog.looks_total - looks_before
+
+        def block_here() -> None:
+            time.sleep(0.15)
+
+        await deferLater(reactor, 0.0, block_here)
+        await deferLater(reactor, 0.01, lambda: None)
+        section = probe.collect()
+    finally:
+        probe.uninstall()
+    if accelerate:
+        assert looks_busy == 0
+    else:
+        assert looks_busy >= 3  # about 6 in 0.6 s
+    assert section["blocks_total"] == 1
+    assert "in block_here" in section["blocks"][0]["stack"][-1]
+    assert watchdog.captures_total == 1
+    assert errors.counts == {}
+
+
+def test_the_compiled_pulse_waits_for_a_long_span_and_is_interrupted() -> None:
+    assert accel.built is not None, "dashboard._accel was not built"
+    pulse = accel.built.Pulse()
+    assert pulse.tick == math.inf and pulse.spans == 0 and pulse.captured is None
+    generation = pulse.generation
+    pulse.tick = time.time() - 0.05  # a busy span 50 ms old
+    started = time.monotonic()
+    assert pulse.wait_busy(0.1, math.nan, 0.005, generation) == pulse.tick
+    assert 0.04 <= time.monotonic() - started < 1.0  # slept until it reached 100 ms
+
+    # the span looked at is not returned again; a waiting reactor (tick +inf) is not busy
+    for tick in (pulse.tick, math.inf):
+        pulse.tick = tick
+        stopper = threading.Timer(0.2, pulse.interrupt)
+        stopper.start()
+        started = time.monotonic()
+        assert pulse.wait_busy(0.1, pulse.tick, 0.005, generation) is None
+        assert 0.15 <= time.monotonic() - started < 1.0
+        generation = pulse.generation
+    assert pulse.wait_busy(0.1, math.nan, 0.005, generation - 1) is None  # stale: at once
+    with pytest.raises(ValueError, match="threshold_s"):
+        pulse.wait_busy(0.0, math.nan, 0.005, generation)

@@ -29,15 +29,17 @@ import inspect
 import math
 import select
 import threading
+import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from dashboard import accel
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource
 from dashboard.probes.lag_histogram import LagCounters, LagWindow, cumulative_le, finite_ms
 from dashboard.probes.wait_hook import timed_wait
-from dashboard.probes.watchdog import ReactorPulse, Watchdog
+from dashboard.probes.watchdog import Pulse, ReactorPulse, Watchdog
 
 #: Blocks kept for ``collect()``.
 MAX_BLOCKS = 50
@@ -78,7 +80,16 @@ class LoopProbe:
         *,
         block_threshold_ms: float = 100.0,
         window_s: float = 900.0,
+        accelerate: bool | None = None,
     ) -> None:
+        """``accelerate``: use the compiled hook and pulse (``dashboard._accel.TimedWait`` and
+        ``Pulse``; True: required, an error where not built; None: where built, unless
+        ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
+        if accelerate is None:
+            accelerate = accel.enabled()
+        elif accelerate and accel.built is None:
+            raise RuntimeError("dashboard._accel is not built here")
+        self.accelerated = accelerate
         self._reactor = reactor
         self._errors = errors
         self._clock = clock
@@ -86,7 +97,9 @@ class LoopProbe:
         self.window_s = window_s
         self.watchdog_enabled = True
         self.watchdog_interval_s = 0.005  # the shortest sleep; see Watchdog
-        self.pulse = ReactorPulse()
+        self.pulse: Pulse = (
+            accel.built.Pulse() if accelerate and accel.built is not None else ReactorPulse()
+        )
         self.lag = LagCounters()
         self.watchdog: Watchdog | None = None
         #: which wait is timed (None: no hook found, so no busy ratio and no blocks)
@@ -172,6 +185,21 @@ class LoopProbe:
             self.wait_hook = "doIteration"
 
     def _timed(self, signature: str, wait: Callable[..., Any]) -> Callable[..., Any]:
+        if self.accelerated:
+            assert accel.built is not None
+            timed: Callable[..., Any] = accel.built.TimedWait(
+                wait=wait,
+                clock=self._clock,
+                realtime=self._clock is time.time,
+                pulse=self.pulse,
+                reactor=self._reactor,
+                has_heap=isinstance(getattr(self._reactor, "_pendingTimedCalls", None), list),
+                lag=self.lag,
+                threshold_s=self.threshold_s,
+                end_block=self._end_block,
+                record_error=self._record_error,
+            )
+            return timed
         return timed_wait(
             signature,
             wait,
@@ -265,6 +293,7 @@ class LoopProbe:
             "window_s": self.window_s,
             "wait_hook": self.wait_hook,
             "watchdog": self.watchdog is not None and self.watchdog.running,
+            "hot_path": "compiled" if self.accelerated else "python",
         }
 
 

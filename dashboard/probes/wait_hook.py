@@ -1,5 +1,8 @@
 """The per-iteration hook of the loop probe: a wrapper around the reactor's poller wait.
 
+This is the pure-Python path; ``dashboard._accel.TimedWait`` is its compiled twin (same
+bookkeeping and error handling, no Python frame per iteration), used where it is built.
+
 It runs on the reactor thread on every loop iteration, so it is generated with the exact
 parameter list of the wait it wraps (``(timeout=None, maxevents=-1)`` for epoll,
 ``(timeout=None)`` for ``poll`` and selectors): forwarding ``*args, **kwargs`` costs about
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dashboard.probes.lag_histogram import LagCounters
-from dashboard.probes.watchdog import ReactorPulse
+from dashboard.probes.watchdog import Pulse
 
 #: Parameter lists of the waits we wrap: (parameters, arguments passed on).
 SIGNATURES: dict[str, tuple[str, str]] = {
@@ -94,7 +97,7 @@ def timed_wait(
     *,
     reactor: Any,
     clock: Callable[[], float],
-    pulse: ReactorPulse,
+    pulse: Pulse,
     lag: LagCounters,
     threshold_s: float,
     end_block: Callable[[float], None],

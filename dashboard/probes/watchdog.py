@@ -6,10 +6,15 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING, TypeAlias
 
 from dashboard.probes.base import frame_site
+
+if TYPE_CHECKING:
+    from dashboard._accel import Pulse as CompiledPulse
 
 #: Deepest stack kept for a block (the innermost frames are kept).
 MAX_STACK_DEPTH = 40
@@ -39,6 +44,11 @@ class ReactorPulse:
         self.captured: tuple[float, list[str]] | None = None
 
 
+#: The pure-Python pulse or its compiled twin (``dashboard._accel.Pulse``: the same fields in C,
+#: plus ``wait_busy``/``interrupt``, with which the watchdog waits without the GIL).
+Pulse: TypeAlias = "ReactorPulse | CompiledPulse"
+
+
 def format_stack(frame: FrameType | None, limit: int = MAX_STACK_DEPTH) -> list[str]:
     """``"path.py:LINE in function"`` for each frame, outermost first and innermost LAST (like a
     traceback); only the innermost ``limit`` frames are kept."""
@@ -56,12 +66,15 @@ class Watchdog:
     ``threshold_s`` or more (``clock`` seconds), captures that thread's stack once per busy
     span and publishes it in ``pulse.captured`` for the reactor thread to attach to the block.
 
-    It does not poll at a fixed rate: each wake costs the reactor a GIL hand-over (measured:
-    50 wakes/s took 3.5% of a Klein server's throughput under wrk, 10 wakes/s about 1%). It
-    sleeps until the current busy span would reach the threshold (``tick + threshold_s``), or
-    a whole ``threshold_s`` while the reactor waits, but never less than ``interval_s``. So it
-    wakes about ``1 / threshold_s`` times a second and still catches a block right at the
-    threshold.
+    It does not poll at a fixed rate: each wake of a Python thread costs the busy reactor a
+    GIL hand-over (measured: a thread that only woke 10 times a second took 1.1% of a Klein
+    server's throughput under wrk, 1.9% at 50). It sleeps until the current busy span would
+    reach the threshold (``tick + threshold_s``), or a whole ``threshold_s`` while the reactor
+    waits, but never less than ``interval_s``. So it wakes about ``1 / threshold_s`` times a
+    second and still catches a block right at the threshold. With the compiled pulse and the
+    wall clock (``time.time``, every real reactor's), those sleeps and looks happen in C
+    without the GIL (``Pulse.wait_busy``): the thread takes the GIL only for a busy span that
+    reached the threshold, so a healthy reactor never hands it over.
 
     ``on_error`` is called (from the watchdog thread) with any exception of a check.
     ``start()``/``stop()`` are called from the reactor thread.
@@ -69,7 +82,7 @@ class Watchdog:
 
     def __init__(
         self,
-        pulse: ReactorPulse,
+        pulse: Pulse,
         *,
         thread_ident: int,
         threshold_s: float,
@@ -90,24 +103,48 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         #: stacks captured since creation (read by tests and collect)
         self.captures_total = 0
+        #: looks taken with the GIL (``check()`` calls of the thread) since creation
+        self.looks_total = 0
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the thread waits in C without the GIL (compiled pulse, wall clock)."""
+        return self._compiled_pulse() is not None
+
+    def _compiled_pulse(self) -> CompiledPulse | None:
+        pulse = self.pulse
+        if isinstance(pulse, ReactorPulse) or self.clock is not time.time:
+            return None
+        return pulse
+
     def start(self) -> None:
         if self._thread is not None:
             return
         self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._run, name="reactor-dashboard-watchdog", daemon=True
-        )
-        self._thread.start()
+        compiled = self._compiled_pulse()
+        if compiled is not None:
+            # the generation is read before the thread starts: stop() ends its waits, even
+            # one that has not begun yet
+            thread = threading.Thread(
+                target=self._run_compiled, args=(compiled, compiled.generation)
+            )
+        else:
+            thread = threading.Thread(target=self._run)
+        thread.name = "reactor-dashboard-watchdog"
+        thread.daemon = True
+        self._thread = thread
+        thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Ask the thread to end and join it (at most ``timeout_s``)."""
         thread, self._thread = self._thread, None
         self._stopping.set()
+        if not isinstance(self.pulse, ReactorPulse):
+            self.pulse.interrupt()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
 
@@ -115,11 +152,28 @@ class Watchdog:
         delay = self.threshold_s
         while not self._stopping.wait(delay):
             try:
+                self.looks_total += 1
                 self.check()
                 delay = self.next_delay()
             except Exception as exc:
                 self._on_error(exc)
                 delay = self.threshold_s
+
+    def _run_compiled(self, pulse: CompiledPulse, generation: int) -> None:
+        wait_busy = pulse.wait_busy
+        looked = math.nan  # the span last looked at: never returned twice
+        while True:
+            try:
+                tick = wait_busy(self.threshold_s, looked, self.interval_s, generation)
+                if tick is None:
+                    return  # stop()
+                looked = tick
+                self.looks_total += 1
+                self.check()
+            except Exception as exc:
+                self._on_error(exc)
+                if self._stopping.wait(self.threshold_s):
+                    return
 
     def next_delay(self) -> float:
         """Seconds to sleep before the next look: until the current busy span reaches the

@@ -58,6 +58,7 @@ _LOOP = _object(
         "max_lateness_ms": "number",
         "wait_hook": "string?",
         "watchdog": "boolean",
+        "hot_path": "string",
     }
 )
 _LOOP["properties"]["blocks"]["items"] = _BLOCK
