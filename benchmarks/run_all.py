@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     results += bench_prometheus.main(args)
     results += bench_sse.main(args)
     results += bench_http.main([*args, "--kind", "klein"])
+    results += bench_http.main([*args, "--kind", "klein", "--together"])
     results += bench_http.main([*args, "--kind", "web"])
     results += soak.main(args)  # 10 minutes at full size; --smoke: 12 s
     print("\n== all ==")

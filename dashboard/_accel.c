@@ -1,4 +1,6 @@
-/* Optional accelerator for the Deferred probe (dashboard/probes/deferreds.py).
+/* Optional accelerator for the hot paths of the Deferred probe (dashboard/probes/deferreds.py)
+ * and of the loop probe (the poller-wait hook and the watchdog's wait; see "The loop probe's
+ * hot path" below).
  *
  * The probe's hot path runs for every Deferred: find the frame that created it, count it
  * at that site, keep it in the nursery until it fires. In Python the frame lookup is

@@ -38,6 +38,7 @@ def test_every_benchmark_runs_at_smoke_size() -> None:
         "sse 10 clients extra CPU",
         "sse 10 clients arrival spread p99",
         "klein hello under wrk",
+        "klein hello under wrk, together",
         "web hello under wrk",
         "soak RSS end / after warm-up",
         "soak open fds after clients left / baseline",
