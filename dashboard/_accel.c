@@ -215,7 +215,9 @@ site_for(Tracker *t, PyCodeObject *code, int lasti)
 
 /* Hand the pending exception to on_error and clear it: 0. A BaseException that is not an
  * Exception (KeyboardInterrupt, SystemExit from a signal handler) is left set: -1, so it
- * propagates as it does on the Python path, which catches Exception only. */
+ * propagates as it does on the Python path, which catches Exception only; so does one that
+ * on_error itself raises. An Exception raised by on_error is dropped: the probe's errors
+ * never reach the caller. */
 static int
 report_error(PyObject *on_error)
 {
@@ -228,6 +230,12 @@ report_error(PyObject *on_error)
     if (value != NULL && on_error != NULL) {
         PyObject *r = PyObject_CallOneArg(on_error, value);
         if (r == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+                return -1;
+            }
             PyErr_Clear();
         }
         Py_XDECREF(r);
@@ -707,7 +715,8 @@ static PyMethodDef accel_methods[] = {
  * for real blocks only.
  *
  * TimedWait: the wrapper around the poller wait, the pure-Python timed_wait's twin (same
- * bookkeeping, same error handling), without a Python frame per iteration.
+ * bookkeeping, same exceptions propagated; see report_error for one that record_error
+ * raises), without a Python frame per iteration.
  */
 typedef struct {
     PyObject_HEAD
@@ -836,6 +845,7 @@ Pulse_wait_busy(Pulse *p, PyObject *args)
             delay = remaining < min_sleep_s ? min_sleep_s : remaining;
             delay = delay > threshold_s ? threshold_s : delay;
         }
+        delay = delay > 3600.0 ? 3600.0 : delay; /* a huge threshold: wake hourly, no overflow */
         struct timespec deadline;
         clock_gettime(CLOCK_MONOTONIC, &deadline);
         double whole = floor(delay);
@@ -1065,6 +1075,11 @@ TimedWait_init(TimedWait *w, PyObject *args, PyObject *kwds)
     PyObject *wait, *clock, *pulse, *reactor, *lag, *end_block, *record_error;
     int realtime, has_heap;
     double threshold_s;
+    if (w->wait != NULL) {
+        /* a call in progress borrows the fields: they never change once set */
+        PyErr_SetString(PyExc_TypeError, "TimedWait is already initialised");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OOpO!OpOdOO", kwlist, &wait, &clock,
                                      &realtime, &PulseType, &pulse, &reactor, &has_heap,
                                      &lag, &threshold_s, &end_block, &record_error)) {

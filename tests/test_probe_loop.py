@@ -673,3 +673,88 @@ def test_the_compiled_pulse_waits_for_a_long_span_and_is_interrupted() -> None:
     assert pulse.wait_busy(0.1, math.nan, 0.005, generation - 1) is None  # stale: at once
     with pytest.raises(ValueError, match="threshold_s"):
         pulse.wait_busy(0.0, math.nan, 0.005, generation)
+
+
+def test_a_failed_look_is_tried_again(accelerate: bool) -> None:
+    """A look that raised (here: the stack formatter, once) is counted and the same busy span
+    is looked at again after a threshold, on both paths."""
+    from dashboard.probes.watchdog import ReactorPulse
+
+    pulse: Any = accel.built.Pulse() if accelerate and accel.built else ReactorPulse()
+    pulse.tick = time.time()  # busy from now on, never waiting
+    calls: list[int] = []
+
+    def flaky_stack(frame: Any) -> list[str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first look fails")
+        return ["app.py:7 in stuck"]
+
+    seen: list[BaseException] = []
+    dog = Watchdog(
+        pulse,
+        thread_ident=threading.get_ident(),
+        threshold_s=0.05,
+        clock=time.time,
+        on_error=seen.append,
+        interval_s=0.0,  # the compiled wait sleeps at least 1 ms all the same
+        format_stack=flaky_stack,
+    )
+    assert dog.compiled is accelerate
+    dog.start()
+    try:
+        deadline = time.monotonic() + 3
+        while dog.captures_total == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        dog.stop()
+    assert [str(e) for e in seen] == ["first look fails"]
+    assert dog.captures_total == 1 and len(calls) == 2
+    assert pulse.captured == (pulse.tick, ["app.py:7 in stuck"])
+    assert not dog.running
+
+
+def test_a_compiled_timed_wait_is_initialised_once(errors: ProbeErrors) -> None:
+    assert accel.built is not None, "dashboard._accel was not built"
+    fake = FakeReactor()
+    p = LoopProbe(fake, errors, fake.seconds, accelerate=True)
+    p.watchdog_enabled = False
+    p.install()
+    try:
+        hook: Any = fake._poller.poll
+        assert isinstance(hook, accel.built.TimedWait)
+        with pytest.raises(TypeError, match="already initialised"):
+            hook.__init__(
+                wait=print,
+                clock=time.time,
+                realtime=True,
+                pulse=accel.built.Pulse(),
+                reactor=fake,
+                has_heap=False,
+                lag=p.lag,
+                threshold_s=0.1,
+                end_block=print,
+                record_error=print,
+            )
+        assert fake.wait(0.5) == [(7, 1)]
+        assert p.pulse.spans == 1 and p.pulse.idle_s == 0.5
+    finally:
+        p.uninstall()
+
+
+def test_a_keyboard_interrupt_while_recording_an_error_propagates(
+    fake: FakeReactor, accelerate: bool
+) -> None:
+    class Interrupting(ProbeErrors):
+        def record(self, probe: str, exc: BaseException) -> None:
+            raise KeyboardInterrupt
+
+    p = LoopProbe(fake, Interrupting(), fake.seconds, accelerate=accelerate)
+    p.watchdog_enabled = False
+    p.install()
+    try:
+        fake._pendingTimedCalls.append(object())  # no .time: the peek fails, is recorded
+        with pytest.raises(KeyboardInterrupt):
+            fake.wait(0.01)
+    finally:
+        p.uninstall()

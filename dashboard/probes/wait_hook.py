@@ -1,7 +1,8 @@
 """The per-iteration hook of the loop probe: a wrapper around the reactor's poller wait.
 
-This is the pure-Python path; ``dashboard._accel.TimedWait`` is its compiled twin (same
-bookkeeping and error handling, no Python frame per iteration), used where it is built.
+This is the pure-Python path; ``dashboard._accel.TimedWait`` is its compiled twin, used where
+it is built: same bookkeeping and error handling (an Exception that ``record_error`` itself
+raised is dropped there), no Python frame per iteration.
 
 It runs on the reactor thread on every loop iteration, so it is generated with the exact
 parameter list of the wait it wraps (``(timeout=None, maxevents=-1)`` for epoll,

@@ -161,15 +161,16 @@ class Watchdog:
 
     def _run_compiled(self, pulse: CompiledPulse, generation: int) -> None:
         wait_busy = pulse.wait_busy
+        min_sleep_s = max(self.interval_s, 0.001)
         looked = math.nan  # the span last looked at: never returned twice
         while True:
             try:
-                tick = wait_busy(self.threshold_s, looked, self.interval_s, generation)
+                tick = wait_busy(self.threshold_s, looked, min_sleep_s, generation)
                 if tick is None:
                     return  # stop()
-                looked = tick
                 self.looks_total += 1
                 self.check()
+                looked = tick  # after a look that failed, the span is looked at again
             except Exception as exc:
                 self._on_error(exc)
                 if self._stopping.wait(self.threshold_s):
