@@ -48,6 +48,29 @@ def watchdog_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "reactor-dashboard-watchdog"]
 
 
+def busy_in_steps(
+    reactor: Any, *, step_s: float, total_s: float
+) -> tuple[defer.Deferred[None], list[int]]:
+    """Keep the reactor busy for ``total_s`` in iterations of ``step_s`` of CPU each (a
+    ``callLater(0)`` chain): a Deferred fired at the end, and the count of steps run."""
+    done: defer.Deferred[None] = defer.Deferred()
+    end = time.monotonic() + total_s
+    steps = [0]
+
+    def spin() -> None:
+        steps[0] += 1
+        until = time.monotonic() + step_s
+        while time.monotonic() < until:
+            pass
+        if time.monotonic() < end:
+            reactor.callLater(0, spin)
+        else:
+            done.callback(None)
+
+    reactor.callLater(0, spin)
+    return done, steps
+
+
 def assert_json(section: Any) -> None:
     json.dumps(section, allow_nan=False)
 
@@ -385,22 +408,8 @@ async def test_busy_ratio_busy_then_idle(errors: ProbeErrors, accelerate: bool) 
     try:
         await deferLater(reactor, 0.01, lambda: None)
         probe.collect()
-        done: defer.Deferred[None] = defer.Deferred()
-        end = time.monotonic() + 0.4
-        steps = [0]
-
-        def spin() -> None:  # 5 ms of CPU per iteration, 0.4 s in all
-            steps[0] += 1
-            until = time.monotonic() + 0.005
-            while time.monotonic() < until:
-                pass
-            if time.monotonic() < end:
-                reactor.callLater(0, spin)
-            else:
-                done.callback(None)
-
         before = probe.collect()["iterations_total"]
-        reactor.callLater(0, spin)
+        done, steps = busy_in_steps(reactor, step_s=0.005, total_s=0.4)
         await done
         busy = probe.collect()
         await deferLater(reactor, 0.4, lambda: None)
@@ -616,20 +625,8 @@ async def test_a_busy_healthy_reactor_and_the_watchdogs_looks(
         watchdog = probe.watchdog
         assert watchdog is not None and watchdog.compiled is accelerate
         await deferLater(reactor, 0.01, lambda: None)
-        done: defer.Deferred[None] = defer.Deferred()
-        end = time.monotonic() + 0.6
-
-        def spin() -> None:  # 20 ms of CPU per iteration, 0.6 s in all
-            until = time.monotonic() + 0.02
-            while time.monotonic() < until:
-                pass
-            if time.monotonic() < end:
-                reactor.callLater(0, spin)
-            else:
-                done.callback(None)
-
         looks_before = watchdog.looks_total
-        reactor.callLater(0, spin)
+        done, _ = busy_in_steps(reactor, step_s=0.02, total_s=0.6)
         await done
         looks_busy = watchdog.looks_total - looks_before
 
