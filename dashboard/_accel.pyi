@@ -70,3 +70,17 @@ class TimedWait:
         record_error: Callable[[BaseException], object],
     ) -> None: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+class IOHook:
+    def __init__(
+        self,
+        *,
+        kind: str,
+        original: Callable[..., Any],
+        entries: dict[int, Any],
+        clock: Callable[[], float],
+        realtime: bool,
+        record_error: Callable[[BaseException], object],
+    ) -> None: ...
+    def __get__(self, obj: object, owner: type | None = None) -> Any: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...

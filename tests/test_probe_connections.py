@@ -27,6 +27,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from dashboard import accel
 from dashboard.probes import connection_detail, connection_registry, connections
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.connection_detail import format_address, pending_write_bytes
@@ -145,8 +146,10 @@ def mreactor() -> MemoryReactorClock:
 
 
 @pytest.fixture
-def probe(mreactor: MemoryReactorClock, errors: ProbeErrors) -> Iterator[ConnectionsProbe]:
-    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, top_n=100)
+def probe(
+    mreactor: MemoryReactorClock, errors: ProbeErrors, accelerate: bool
+) -> Iterator[ConnectionsProbe]:
+    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, top_n=100, accelerate=accelerate)
     p.install()
     yield p
     p.uninstall()
@@ -285,7 +288,9 @@ def test_bytes_and_pending_write(probe: ConnectionsProbe, mreactor: MemoryReacto
     assert proto.received == b"hello"
     t.write(b"x" * 70_000)
     t.doWrite()
-    item = probe.collect()["items"][-1]
+    snap = probe.collect()
+    assert snap["hot_path"] == ("compiled" if probe.accelerated else "python")
+    item = snap["items"][-1]
     assert (item["bytes_in"], item["bytes_out"]) == (5, 1000)
     assert item["pending_write_bytes"] == 69_000 == pending_write_bytes(t)
     close(t)
@@ -370,23 +375,27 @@ def test_http_in_flight_requests_with_clock(
 
 def hook_functions() -> list[object]:
     """The probe's hook functions still alive (found by their code object: ``functools.wraps``
-    gives them the names of the functions they wrap)."""
+    gives them the names of the functions they wrap), and its compiled hooks."""
     gc.collect()
+    compiled = accel.built.IOHook if accel.built is not None else ()
     return [
         obj
         for obj in gc.get_objects()
-        if (code := getattr(obj, "__code__", None)) is not None
-        and code.co_qualname.startswith("ConnectionsProbe.")
-        and "<locals>" in code.co_qualname
-        and code.co_filename == connections.__file__
+        if isinstance(obj, compiled)
+        or (
+            (code := getattr(obj, "__code__", None)) is not None
+            and code.co_qualname.startswith("ConnectionsProbe.")
+            and "<locals>" in code.co_qualname
+            and code.co_filename == connections.__file__
+        )
     ]
 
 
 def test_patches_restored_by_identity_and_100_cycles(
-    mreactor: MemoryReactorClock, errors: ProbeErrors
+    mreactor: MemoryReactorClock, errors: ProbeErrors, accelerate: bool
 ) -> None:
     original = class_attrs()
-    p = ConnectionsProbe(mreactor, errors, mreactor.seconds)
+    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, accelerate=accelerate)
     p.install()
     patched = class_attrs()
     assert all(a is not b for a, b in zip(original, patched, strict=True))
@@ -525,10 +534,10 @@ def the_reactor() -> Any:
 
 
 @pytest.fixture
-def live(errors: ProbeErrors) -> Iterator[ConnectionsProbe]:
+def live(errors: ProbeErrors, accelerate: bool) -> Iterator[ConnectionsProbe]:
     reactor = the_reactor()
 
-    p = ConnectionsProbe(reactor, errors, reactor.seconds, top_n=1000)
+    p = ConnectionsProbe(reactor, errors, reactor.seconds, top_n=1000, accelerate=accelerate)
     p.install()
     yield p
     p.uninstall()

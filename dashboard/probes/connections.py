@@ -8,7 +8,8 @@ Hooks (all on classes, installed by ``install()``, restored exactly by ``uninsta
 - ``tcp.BaseClient.failIfNotConnected``: count a failed connect, unregister (failed
   connects never reach ``connectionLost``).
 - ``tcp.Connection._dataReceived`` / ``writeSomeData``: add bytes in / out to the record,
-  and note when bytes last came in (an in-flight HTTP request's age is counted from it:
+  and note when bytes last came in (compiled: ``dashboard._accel.IOHook``, the same work
+  without a Python frame per call) (an in-flight HTTP request's age is counted from it:
   for HTTP/1.1 that is when its request arrived; pipelined requests share it).
 - ``tcp.Server.__init__``: count one accept for its listening port (``.server`` is set
   after ``Connection.__init__`` returns).
@@ -30,12 +31,14 @@ from __future__ import annotations
 
 import functools
 import heapq
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp, unix
 from twisted.internet._newtls import _BypassTLS
 
+from dashboard import accel
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource
 from dashboard.probes.connection_detail import (
     TLSMemoryBIOProtocol,
@@ -65,10 +68,24 @@ class ConnectionsProbe:
     name = "connections"
 
     def __init__(
-        self, reactor: Any, errors: ProbeErrors, clock: TimeSource, *, top_n: int = 100
+        self,
+        reactor: Any,
+        errors: ProbeErrors,
+        clock: TimeSource,
+        *,
+        top_n: int = 100,
+        accelerate: bool | None = None,
     ) -> None:
+        """``accelerate``: count bytes in and out with the compiled hooks
+        (``dashboard._accel.IOHook``; True: required, an error where not built; None: where
+        built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
         if top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {top_n!r}")
+        if accelerate is None:
+            accelerate = accel.enabled()
+        elif accelerate and accel.built is None:
+            raise RuntimeError("dashboard._accel is not built here")
+        self.accelerated = accelerate
         self._reactor = reactor
         self._errors = errors
         self._clock = clock
@@ -193,12 +210,17 @@ class ConnectionsProbe:
 
             return connectionLost
 
+        in_hook: Callable[[AnyFunc], AnyFunc] = data_received
+        out_hook: Callable[[AnyFunc], AnyFunc] = write_some
+        if self.accelerated:
+            in_hook = self._compiled_hook("in")
+            out_hook = self._compiled_hook("out")
         try:
             wrap(tcp.Connection, "__init__", conn_init)
             wrap(tcp.Connection, "connectionLost", conn_lost)
             wrap(tcp.BaseClient, "failIfNotConnected", fail_connect)
-            wrap(tcp.Connection, "_dataReceived", data_received)
-            wrap(tcp.Connection, "writeSomeData", write_some)
+            wrap(tcp.Connection, "_dataReceived", in_hook)
+            wrap(tcp.Connection, "writeSomeData", out_hook)
             wrap(tcp.Server, "__init__", server_init)
             wrap(tcp.Port, "startListening", start_listening)
             wrap(unix.Port, "startListening", start_listening)
@@ -218,6 +240,26 @@ class ConnectionsProbe:
 
     def _record(self, exc: BaseException) -> None:
         self._errors.record(self.name, exc)
+
+    def _compiled_hook(self, kind: str) -> Callable[[AnyFunc], AnyFunc]:
+        """A maker of the C twin of ``data_received`` ("in") or ``write_some`` ("out")."""
+        built = accel.built
+        assert built is not None
+        entries = self.registry.entries
+        clock = self._clock
+
+        def make(original: AnyFunc) -> AnyFunc:
+            hook: AnyFunc = built.IOHook(
+                kind=kind,
+                original=original,
+                entries=entries,
+                clock=clock,
+                realtime=clock is time.time,
+                record_error=self._record,
+            )
+            return hook
+
+        return make
 
     def _tls_hook(self, original: AnyFunc) -> AnyFunc:
         registry = self.registry
@@ -307,6 +349,7 @@ class ConnectionsProbe:
             "items": items,
             "items_total": len(entries),
             "items_truncated": len(entries) > self.top_n,
+            "hot_path": "compiled" if self.accelerated else "python",
         }
 
     def _slow_consumers(self, now: float) -> tuple[int, list[JSONDict]]:

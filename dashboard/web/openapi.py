@@ -93,6 +93,7 @@ _CONNECTIONS = _object(
         "items": "array",
         "items_total": "integer",
         "items_truncated": "boolean",
+        "hot_path": "string",
     }
 )
 _POOL = _object(
