@@ -32,7 +32,7 @@
 #endif
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
-#define ACCEL_ABI 6
+#define ACCEL_ABI 7
 
 static PyObject *s_callbacks, *s_canceller_attr, *s_debug, *s_rd_ref, *s_called;
 
@@ -905,7 +905,7 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *wait;         /* the poller wait wrapped */
-    PyObject *clock;        /* the reactor clock, called unless realtime */
+    PyObject *clock;        /* the reactor clock (called: time.time may be patched in tests) */
     PyObject *reactor;      /* for reactor._pendingTimedCalls */
     PyObject *lag;          /* LagCounters: sum_s, late_max_s */
     PyObject *counts;       /* lag.counts, a list that never changes identity */
@@ -915,7 +915,6 @@ typedef struct {
     double threshold_s;
     double bounds[MAX_LAG_BOUNDS];
     Py_ssize_t nbounds;
-    int realtime; /* the clock is time.time: read CLOCK_REALTIME here */
     int has_heap;
 } TimedWait;
 
@@ -924,10 +923,6 @@ static PyObject *s_pending_timed_calls, *s_time, *s_sum_s, *s_late_max_s, *s_one
 static int
 timed_now(TimedWait *w, double *out)
 {
-    if (w->realtime) {
-        *out = wall_now();
-        return 0;
-    }
     PyObject *r = PyObject_CallNoArgs(w->clock);
     if (r == NULL) {
         return -1;
@@ -1069,20 +1064,19 @@ replaced: /* an error of the bookkeeping itself replaces the wait's outcome, as 
 static int
 TimedWait_init(TimedWait *w, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"wait",      "clock",     "realtime",  "pulse",
-                             "reactor",   "has_heap",  "lag",       "threshold_s",
-                             "end_block", "record_error", NULL};
+    static char *kwlist[] = {"wait",    "clock", "pulse",       "reactor",   "has_heap",
+                             "lag",     "threshold_s", "end_block", "record_error", NULL};
     PyObject *wait, *clock, *pulse, *reactor, *lag, *end_block, *record_error;
-    int realtime, has_heap;
+    int has_heap;
     double threshold_s;
     if (w->wait != NULL) {
         /* a call in progress borrows the fields: they never change once set */
         PyErr_SetString(PyExc_TypeError, "TimedWait is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OOpO!OpOdOO", kwlist, &wait, &clock,
-                                     &realtime, &PulseType, &pulse, &reactor, &has_heap,
-                                     &lag, &threshold_s, &end_block, &record_error)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OOO!OpOdOO", kwlist, &wait, &clock,
+                                     &PulseType, &pulse, &reactor, &has_heap, &lag,
+                                     &threshold_s, &end_block, &record_error)) {
         return -1;
     }
     PyObject *counts = PyObject_GetAttrString(lag, "counts");
@@ -1125,7 +1119,6 @@ TimedWait_init(TimedWait *w, PyObject *args, PyObject *kwds)
     Py_XSETREF(w->lag, Py_NewRef(lag));
     Py_XSETREF(w->end_block, Py_NewRef(end_block));
     Py_XSETREF(w->record_error, Py_NewRef(record_error));
-    w->realtime = realtime;
     w->has_heap = has_heap;
     w->threshold_s = threshold_s;
     w->vectorcall = (vectorcallfunc)TimedWait_vectorcall;
@@ -1223,7 +1216,6 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     int kind;
-    int realtime;
     PyObject *original;
     PyObject *entries; /* dict: id(transport) -> ConnEntry; never changes identity */
     PyObject *clock;
@@ -1246,18 +1238,16 @@ io_entry(IOHook *h, PyObject *transport)
     return entry;
 }
 
-/* entry.<name> += n */
+/* entry.<name> += add */
 static int
-io_add(PyObject *entry, PyObject *name, Py_ssize_t n)
+io_add(PyObject *entry, PyObject *name, PyObject *add)
 {
     PyObject *old = PyObject_GetAttr(entry, name);
     if (old == NULL) {
         return -1;
     }
-    PyObject *add = PyLong_FromSsize_t(n);
-    PyObject *total = add == NULL ? NULL : PyNumber_Add(old, add);
+    PyObject *total = PyNumber_Add(old, add);
     Py_DECREF(old);
-    Py_XDECREF(add);
     if (total == NULL) {
         return -1;
     }
@@ -1266,61 +1256,41 @@ io_add(PyObject *entry, PyObject *name, Py_ssize_t n)
     return rc;
 }
 
-/* _dataReceived(self, data): count before the original runs. 0, or -1 with an error set. */
+/* _dataReceived(self, data), before the original runs, in the Python wrapper's order:
+ * `if data:` entry = entries.get(id(self)); entry.bytes_in += len(data);
+ * entry.last_in = clock(). 0, or -1 with an error set. */
 static int
 io_count_in(IOHook *h, PyObject *self, PyObject *data)
 {
-    Py_ssize_t n;
-    if (PyBytes_CheckExact(data)) {
-        n = PyBytes_GET_SIZE(data);
-    }
-    else {
-        int truth = PyObject_IsTrue(data);
-        if (truth < 0) {
-            return -1;
-        }
-        n = truth ? PyObject_Length(data) : 0;
-        if (n < 0) {
-            return -1;
-        }
-    }
-    if (n == 0) {
-        return 0;
+    int truth = PyBytes_CheckExact(data) ? PyBytes_GET_SIZE(data) > 0 : PyObject_IsTrue(data);
+    if (truth <= 0) {
+        return truth;
     }
     PyObject *entry = io_entry(h, self);
     if (entry == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
     Py_INCREF(entry);
-    int rc = io_add(entry, s_bytes_in, n);
-    if (rc == 0) {
-        PyObject *now;
-        if (h->realtime) {
-            now = PyFloat_FromDouble(wall_now());
-        }
-        else {
-            now = PyObject_CallNoArgs(h->clock);
-        }
+    int rc = -1;
+    Py_ssize_t n = PyObject_Length(data);
+    PyObject *size = n < 0 ? NULL : PyLong_FromSsize_t(n);
+    if (size != NULL && io_add(entry, s_bytes_in, size) == 0) {
+        PyObject *now = PyObject_CallNoArgs(h->clock);
         rc = now == NULL ? -1 : PyObject_SetAttr(entry, s_last_in, now);
         Py_XDECREF(now);
     }
+    Py_XDECREF(size);
     Py_DECREF(entry);
     return rc;
 }
 
 /* writeSomeData(self, data) returned `sent`: an int is the count written (a ConnectionLost
- * instance is returned on error). 0, or -1 with an error set. */
+ * instance is returned on error): `if sent.__class__ is int and sent > 0`, add it.
+ * 0, or -1 with an error set. */
 static int
 io_count_out(IOHook *h, PyObject *self, PyObject *sent)
 {
-    if (!PyLong_CheckExact(sent)) {
-        return 0;
-    }
-    Py_ssize_t n = PyLong_AsSsize_t(sent);
-    if (n == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (n <= 0) {
+    if (!PyLong_CheckExact(sent) || _PyLong_Sign(sent) <= 0) {
         return 0;
     }
     PyObject *entry = io_entry(h, self);
@@ -1328,7 +1298,7 @@ io_count_out(IOHook *h, PyObject *self, PyObject *sent)
         return PyErr_Occurred() ? -1 : 0;
     }
     Py_INCREF(entry);
-    int rc = io_add(entry, s_bytes_out, n);
+    int rc = io_add(entry, s_bytes_out, sent);
     Py_DECREF(entry);
     return rc;
 }
@@ -1399,18 +1369,15 @@ IOHook_call(IOHook *h, PyObject *args, PyObject *kwds)
 static int
 IOHook_init(IOHook *h, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"kind", "original", "entries", "clock", "realtime",
-                             "record_error", NULL};
+    static char *kwlist[] = {"kind", "original", "entries", "clock", "record_error", NULL};
     const char *kind;
     PyObject *original, *entries, *clock, *record_error;
-    int realtime;
     if (h->original != NULL) {
         PyErr_SetString(PyExc_TypeError, "IOHook is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$sOO!OpO", kwlist, &kind, &original,
-                                     &PyDict_Type, &entries, &clock, &realtime,
-                                     &record_error)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$sOO!OO", kwlist, &kind, &original,
+                                     &PyDict_Type, &entries, &clock, &record_error)) {
         return -1;
     }
     if (strcmp(kind, "in") == 0) {
@@ -1423,7 +1390,6 @@ IOHook_init(IOHook *h, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "kind must be 'in' or 'out'");
         return -1;
     }
-    h->realtime = realtime;
     h->entries = Py_NewRef(entries);
     h->clock = Py_NewRef(clock);
     h->record_error = Py_NewRef(record_error);

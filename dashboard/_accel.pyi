@@ -60,7 +60,6 @@ class TimedWait:
         *,
         wait: Callable[..., Any],
         clock: Callable[[], float],
-        realtime: bool,
         pulse: Pulse,
         reactor: Any,
         has_heap: bool,
@@ -79,7 +78,6 @@ class IOHook:
         original: Callable[..., Any],
         entries: dict[int, Any],
         clock: Callable[[], float],
-        realtime: bool,
         record_error: Callable[[BaseException], object],
     ) -> None: ...
     def __get__(self, obj: object, owner: type | None = None) -> Any: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import itertools
 import json
 import socket
 import time
@@ -865,3 +866,24 @@ async def test_hook_failure_leaves_real_connections_working(
     finally:
         await port.stopListening()
         p.uninstall()
+
+
+def test_bytes_written_follow_the_python_wrappers_int_rules(
+    mreactor: MemoryReactorClock,
+    errors: ProbeErrors,
+    accelerate: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only an exact int above 0 counts (True and negatives do not); any size of int."""
+    sent = itertools.chain([2**63, True, -5, 7], itertools.repeat(0))
+    monkeypatch.setattr(tcp.Connection, "writeSomeData", lambda self, data: next(sent))
+    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, accelerate=accelerate)
+    p.install()
+    try:
+        t = fake_server(mreactor)
+        assert [t.writeSomeData(b"x") for _ in range(4)] == [2**63, True, -5, 7]
+        assert p.registry.entries[id(t)].bytes_out == 2**63 + 7
+        close(t)
+    finally:
+        p.uninstall()
+    assert errors.counts == {}

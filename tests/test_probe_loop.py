@@ -724,7 +724,6 @@ def test_a_compiled_timed_wait_is_initialised_once(errors: ProbeErrors) -> None:
             hook.__init__(
                 wait=print,
                 clock=time.time,
-                realtime=True,
                 pulse=accel.built.Pulse(),
                 reactor=fake,
                 has_heap=False,

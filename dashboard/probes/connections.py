@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -254,7 +253,6 @@ class ConnectionsProbe:
                 original=original,
                 entries=entries,
                 clock=clock,
-                realtime=clock is time.time,
                 record_error=self._record,
             )
             return hook

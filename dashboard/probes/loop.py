@@ -29,7 +29,6 @@ import inspect
 import math
 import select
 import threading
-import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
@@ -190,7 +189,6 @@ class LoopProbe:
             timed: Callable[..., Any] = accel.built.TimedWait(
                 wait=wait,
                 clock=self._clock,
-                realtime=self._clock is time.time,
                 pulse=self.pulse,
                 reactor=self._reactor,
                 has_heap=isinstance(getattr(self._reactor, "_pendingTimedCalls", None), list),

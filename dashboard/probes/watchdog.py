@@ -74,7 +74,9 @@ class Watchdog:
     second and still catches a block right at the threshold. With the compiled pulse and the
     wall clock (``time.time``, every real reactor's), those sleeps and looks happen in C
     without the GIL (``Pulse.wait_busy``): the thread takes the GIL only for a busy span that
-    reached the threshold, so a healthy reactor never hands it over.
+    reached the threshold, so a healthy reactor never hands it over. (``wait_busy`` reads the
+    real clock; with ``time.time`` patched in place, as time_machine does, its guesses are
+    off and ``check()``, which reads the patched clock, has the last word.)
 
     ``on_error`` is called (from the watchdog thread) with any exception of a check.
     ``start()``/``stop()`` are called from the reactor thread.
