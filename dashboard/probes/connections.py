@@ -8,9 +8,10 @@ Hooks (all on classes, installed by ``install()``, restored exactly by ``uninsta
 - ``tcp.BaseClient.failIfNotConnected``: count a failed connect, unregister (failed
   connects never reach ``connectionLost``).
 - ``tcp.Connection._dataReceived`` / ``writeSomeData``: add bytes in / out to the record,
-  and note when bytes last came in (compiled: ``dashboard._accel.IOHook``, the same work
-  without a Python frame per call) (an in-flight HTTP request's age is counted from it:
-  for HTTP/1.1 that is when its request arrived; pipelined requests share it).
+  and note when bytes last came in (an in-flight HTTP request's age is counted from it:
+  for HTTP/1.1 that is when its request arrived; pipelined requests share it). Where the
+  accelerator is built these two are ``dashboard._accel.IOHook`` objects: the same work
+  without a Python frame per call.
 - ``tcp.Server.__init__``: count one accept for its listening port (``.server`` is set
   after ``Connection.__init__`` returns).
 - ``tcp.Port.startListening``, ``unix.Port.startListening`` (which does not chain to TCP's)
