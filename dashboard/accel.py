@@ -28,3 +28,16 @@ if built is not None and getattr(built, "ABI", None) != ABI:
 def enabled() -> bool:
     """Whether the compiled paths are to be used: built, current, and not switched off."""
     return built is not None and os.environ.get(ENV, "1") != "0"
+
+
+def resolve(accelerate: bool | None, *, available: bool | None = None) -> bool:
+    """A probe's ``accelerate`` argument: None, the compiled path where it is ``available``
+    (default: built) and not switched off; True, required (an error where not available);
+    False, never."""
+    if available is None:
+        available = built is not None
+    if accelerate is None:
+        return available and enabled()
+    if accelerate and not available:
+        raise RuntimeError("dashboard._accel is not built here, or was switched off")
+    return accelerate

@@ -81,11 +81,7 @@ class ConnectionsProbe:
         built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
         if top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {top_n!r}")
-        if accelerate is None:
-            accelerate = accel.enabled()
-        elif accelerate and accel.built is None:
-            raise RuntimeError("dashboard._accel is not built here")
-        self.accelerated = accelerate
+        self.accelerated = accel.resolve(accelerate)
         self._reactor = reactor
         self._errors = errors
         self._clock = clock

@@ -210,11 +210,8 @@ class DeferredsProbe:
     ) -> None:
         """``accelerate``: use the compiled hot path (True: required, an error where it is not
         built; None: where built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
-        if accelerate is None:
-            accelerate = _COMPILED_COUNTS and accel.enabled()
-        elif accelerate and not _COMPILED_COUNTS:
-            raise RuntimeError("dashboard._accel is not built here, or was switched off")
-        self.accelerated = accelerate
+        # the site counters' base class was chosen at import: only it can feed the C path
+        self.accelerated = accel.resolve(accelerate, available=_COMPILED_COUNTS)
         self._tracker: Any = None
         self._reactor = reactor
         self._errors = errors

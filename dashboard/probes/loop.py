@@ -84,11 +84,7 @@ class LoopProbe:
         """``accelerate``: use the compiled hook and pulse (``dashboard._accel.TimedWait`` and
         ``Pulse``; True: required, an error where not built; None: where built, unless
         ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
-        if accelerate is None:
-            accelerate = accel.enabled()
-        elif accelerate and accel.built is None:
-            raise RuntimeError("dashboard._accel is not built here")
-        self.accelerated = accelerate
+        self.accelerated = accelerate = accel.resolve(accelerate)
         self._reactor = reactor
         self._errors = errors
         self._clock = clock
