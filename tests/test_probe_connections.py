@@ -9,6 +9,7 @@ connections on the reactor under test and assert exact deltas.
 from __future__ import annotations
 
 import datetime
+import errno
 import gc
 import itertools
 import json
@@ -29,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from dashboard import accel
-from dashboard.probes import connection_detail, connection_registry, connections
+from dashboard.probes import connection_detail, connection_registry, connections, tcp_counters
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.connection_detail import format_address, pending_write_bytes
 from dashboard.probes.connection_registry import ConnectionRegistry, kind_of
@@ -58,11 +59,22 @@ PATCHED: list[tuple[type, str]] = [
 if connection_detail.TLSMemoryBIOProtocol is not None:
     PATCHED.append((connection_detail.TLSMemoryBIOProtocol, "makeConnection"))
 
+#: What the probe patches besides, when the kernel counts TCP bytes: TCP transports get
+#: Twisted's own functions back (hiding the hooks), unix servers the hook again.
+KERNEL_PATCHED: list[tuple[type, str]] = [
+    (tcp.Server, "_dataReceived"),
+    (tcp.Server, "writeSomeData"),
+    (tcp.Client, "_dataReceived"),
+    (tcp.Client, "writeSomeData"),
+    (unix.Server, "_dataReceived"),
+    (unix.Server, "writeSomeData"),
+]
+
 _MISSING = object()
 
 
-def class_attrs() -> list[object]:
-    return [vars(owner).get(name, _MISSING) for owner, name in PATCHED]
+def class_attrs(patched: list[tuple[type, str]]) -> list[object]:
+    return [vars(owner).get(name, _MISSING) for owner, name in patched]
 
 
 # -- a fake socket, so real transport classes run without file descriptors ------------------
@@ -92,6 +104,9 @@ class FakeSocket:
 
     def shutdown(self, how: int) -> None:
         pass
+
+    def getsockopt(self, *args: Any) -> Any:
+        raise OSError(errno.ENOPROTOOPT, "Protocol not available")  # no kernel TCP counts
 
     def setsockopt(self, *args: Any) -> None:
         pass
@@ -150,7 +165,10 @@ def mreactor() -> MemoryReactorClock:
 def probe(
     mreactor: MemoryReactorClock, errors: ProbeErrors, accelerate: bool
 ) -> Iterator[ConnectionsProbe]:
-    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, top_n=100, accelerate=accelerate)
+    # Fake sockets: the hooks count (the kernel's counts are tested on real sockets below).
+    p = ConnectionsProbe(
+        mreactor, errors, mreactor.seconds, top_n=100, accelerate=accelerate, kernel_counts=False
+    )
     p.install()
     yield p
     p.uninstall()
@@ -231,7 +249,7 @@ def test_adopts_what_is_open_at_install(mreactor: MemoryReactorClock, errors: Pr
     factory: Any = RecordingFactory()
     port = tcp.Port(0, factory, interface="127.0.0.1", reactor=mreactor)
     port.startListening()
-    p = ConnectionsProbe(mreactor, errors, mreactor.seconds)
+    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, kernel_counts=False)
     p.install()
     try:
         mreactor.advance(4)
@@ -258,7 +276,7 @@ def test_adopts_what_is_open_at_install(mreactor: MemoryReactorClock, errors: Pr
 
 
 def test_items_oldest_first_and_capped(mreactor: MemoryReactorClock, errors: ProbeErrors) -> None:
-    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, top_n=3)
+    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, top_n=3, kernel_counts=False)
     p.install()
     try:
         made = []
@@ -392,18 +410,22 @@ def hook_functions() -> list[object]:
     ]
 
 
+@pytest.mark.parametrize("kernel_counts", [True, False], ids=["kernel", "hooks"])
 def test_patches_restored_by_identity_and_100_cycles(
-    mreactor: MemoryReactorClock, errors: ProbeErrors, accelerate: bool
+    mreactor: MemoryReactorClock, errors: ProbeErrors, accelerate: bool, kernel_counts: bool
 ) -> None:
-    original = class_attrs()
-    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, accelerate=accelerate)
+    patched_names = PATCHED + (KERNEL_PATCHED if kernel_counts else [])
+    original = class_attrs(patched_names)
+    p = ConnectionsProbe(
+        mreactor, errors, mreactor.seconds, accelerate=accelerate, kernel_counts=kernel_counts
+    )
     p.install()
-    patched = class_attrs()
+    patched = class_attrs(patched_names)
     assert all(a is not b for a, b in zip(original, patched, strict=True))
     p.install()  # idempotent: no double wrapping
-    assert all(a is b for a, b in zip(class_attrs(), patched, strict=True))
+    assert all(a is b for a, b in zip(class_attrs(patched_names), patched, strict=True))
     p.uninstall()
-    assert all(a is b for a, b in zip(class_attrs(), original, strict=True))
+    assert all(a is b for a, b in zip(class_attrs(patched_names), original, strict=True))
     del patched
     registries = []
     for _ in range(100):
@@ -413,7 +435,7 @@ def test_patches_restored_by_identity_and_100_cycles(
         assert p.collect()["open"] == 1
         p.uninstall()
         close(t)
-    assert all(a is b for a, b in zip(class_attrs(), original, strict=True))
+    assert all(a is b for a, b in zip(class_attrs(patched_names), original, strict=True))
     assert p.registry.entries == {} and p.registry.ports == {}
     t = fake_server(mreactor)  # not tracked any more
     assert p.registry.entries == {}
@@ -423,7 +445,8 @@ def test_patches_restored_by_identity_and_100_cycles(
     assert [r for r in registries[:-1] if r() is not None] == []
     assert hook_functions() == []
     p.install()
-    assert len(hook_functions()) == len(PATCHED)  # the check does see live hooks
+    # The check does see live hooks: one per patch, and unix.Server's two with kernel counts.
+    assert len(hook_functions()) == len(PATCHED) + 2 * kernel_counts
     p.uninstall()
     assert hook_functions() == []
     assert errors.counts == {}
@@ -490,7 +513,7 @@ def test_collect_10k_connections_cost_and_memory(
     mreactor: MemoryReactorClock, errors: ProbeErrors
 ) -> None:
     n = 10_000
-    p = ConnectionsProbe(mreactor, errors, time.monotonic, top_n=100)
+    p = ConnectionsProbe(mreactor, errors, time.monotonic, top_n=100, kernel_counts=False)
     p.install()
     try:
         tracemalloc.start()
@@ -534,11 +557,27 @@ def the_reactor() -> Any:
     return reactor
 
 
+@pytest.fixture(params=[True, False], ids=["kernel", "hooks"])
+def kernel_counts(request: pytest.FixtureRequest) -> bool:
+    """Live tests run with TCP bytes counted by the kernel and by the hooks."""
+    wanted: bool = request.param
+    if wanted:
+        assert tcp_counters.available(), "this Linux kernel should count TCP bytes"
+    return wanted
+
+
 @pytest.fixture
-def live(errors: ProbeErrors, accelerate: bool) -> Iterator[ConnectionsProbe]:
+def live(errors: ProbeErrors, accelerate: bool, kernel_counts: bool) -> Iterator[ConnectionsProbe]:
     reactor = the_reactor()
 
-    p = ConnectionsProbe(reactor, errors, reactor.seconds, top_n=1000, accelerate=accelerate)
+    p = ConnectionsProbe(
+        reactor,
+        errors,
+        reactor.seconds,
+        top_n=1000,
+        accelerate=accelerate,
+        kernel_counts=kernel_counts,
+    )
     p.install()
     yield p
     p.uninstall()
@@ -715,6 +754,16 @@ async def test_unix_sockets(live: ConnectionsProbe, tmp_path: Any) -> None:
         assert item_for(snap, "unix_server", path)["peer"] is None
         [client_item] = [i for i in snap["items"] if i["kind"] == "unix_client"]
         assert client_item["peer"] == path
+        # Unix sockets are counted by the hooks even where the kernel counts TCP.
+        client.tr.write(b"u" * 3000)
+        factory.protocols[0].tr.write(b"v" * 7)
+        await until(lambda: len(factory.protocols[0].received) == 3000)
+        await until(lambda: len(client.received) == 7)
+        snap = live.collect()
+        [client_item] = [i for i in snap["items"] if i["kind"] == "unix_client"]
+        server_item = item_for(snap, "unix_server", path)
+        assert (client_item["bytes_out"], client_item["bytes_in"]) == (3000, 7)
+        assert (server_item["bytes_in"], server_item["bytes_out"]) == (3000, 7)
         client.tr.loseConnection()
         await until(lambda: client.lost and factory.protocols[0].lost)
         snap = live.collect()
@@ -740,6 +789,7 @@ async def check_http_in_flight(
     connect_client: Callable[[int, protocol.Protocol], Awaitable[object]],
     tls: bool,
 ) -> None:
+    reactor = the_reactor()
     hang = Hang()
     port = listen(server.Site(hang))
     portnum = port.getHost().port
@@ -748,13 +798,16 @@ async def check_http_in_flight(
         client = RawHTTPClient(b"GET /hang?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await connect_client(portnum, client)
         await until(lambda: len(hang.requests) == 1)
+        await deferLater(reactor, 0.3)
         snap = live.collect()
         [item] = [i for i in snap["items"] if i.get("requests")]
         assert item["kind"] == "tcp_server" and item["tls"] is tls
         assert item["protocol"] == "twisted.web.http.HTTPChannel"
         [req] = item["requests"]
         assert (req["method"], req["uri"]) == ("GET", "/hang?x=1")
-        assert 0 <= req["age_s"] < 10
+        # Counted from the request's bytes coming in (the kernel's clock ticks 1-10 ms).
+        assert 0.28 <= req["age_s"] < 10
+        assert req["age_s"] <= item["age_s"] + 0.01
         assert snap["by_kind"]["tls"] - before["by_kind"]["tls"] == (2 if tls else 0)
         assert [i["tls"] for i in snap["items"] if i["local"] == item["peer"]] == [tls]
         [listening] = [e for e in snap["listening"] if e["address"] == f"127.0.0.1:{portnum}"]
@@ -877,7 +930,9 @@ def test_bytes_written_follow_the_python_wrappers_int_rules(
     """Only an exact int above 0 counts (True and negatives do not); any size of int."""
     sent = itertools.chain([2**63, True, -5, 7], itertools.repeat(0))
     monkeypatch.setattr(tcp.Connection, "writeSomeData", lambda self, data: next(sent))
-    p = ConnectionsProbe(mreactor, errors, mreactor.seconds, accelerate=accelerate)
+    p = ConnectionsProbe(
+        mreactor, errors, mreactor.seconds, accelerate=accelerate, kernel_counts=False
+    )
     p.install()
     try:
         t = fake_server(mreactor)
@@ -886,4 +941,33 @@ def test_bytes_written_follow_the_python_wrappers_int_rules(
         close(t)
     finally:
         p.uninstall()
+    assert errors.counts == {}
+
+
+@async_test
+async def test_kernel_counts_include_bytes_from_before_install(errors: ProbeErrors) -> None:
+    """An adopted TCP connection's counts start at its opening, not at the install."""
+    reactor = the_reactor()
+    factory = RecordingFactory()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = Recorder()
+    p = ConnectionsProbe(reactor, errors, reactor.seconds, kernel_counts=True)
+    try:
+        await connect(reactor, port.getHost().port, client)
+        await until(lambda: len(factory.protocols) == 1 and factory.protocols[0].made.called)
+        client.tr.write(b"a" * 1000)
+        await until(lambda: len(factory.protocols[0].received) == 1000)
+        p.install()
+        client.tr.write(b"b" * 24)
+        await until(lambda: len(factory.protocols[0].received) == 1024)
+        snap = p.collect()
+        assert snap["adopted_at_install"] >= 2 and snap["tcp_counts"] == "kernel"
+        client_item = item_for(snap, "tcp_client", format_address(client.tr.getHost()) or "")
+        [server_item] = [i for i in snap["items"] if i["peer"] == client_item["local"]]
+        assert (client_item["bytes_out"], server_item["bytes_in"]) == (1024, 1024)
+        client.tr.loseConnection()
+        await until(lambda: client.lost and factory.protocols[0].lost)
+    finally:
+        p.uninstall()
+        await port.stopListening()
     assert errors.counts == {}

@@ -7,11 +7,16 @@ Hooks (all on classes, installed by ``install()``, restored exactly by ``uninsta
 - ``tcp.Connection.connectionLost``: unregister, count a close.
 - ``tcp.BaseClient.failIfNotConnected``: count a failed connect, unregister (failed
   connects never reach ``connectionLost``).
-- ``tcp.Connection._dataReceived`` / ``writeSomeData``: add bytes in / out to the record,
-  and note when bytes last came in (an in-flight HTTP request's age is counted from it:
-  for HTTP/1.1 that is when its request arrived; pipelined requests share it). Where the
-  accelerator is built these two are ``dashboard._accel.IOHook`` objects: the same work
-  without a Python frame per call.
+- Bytes in and out, and when bytes last came in (an in-flight HTTP request's age is counted
+  from it: for HTTP/1.1 that is when its request arrived; pipelined requests share it). For
+  TCP, on Linux, the kernel has them (``tcp_counters``): they are read when a connection is
+  shown, and TCP transports run Twisted's own ``_dataReceived`` and ``writeSomeData``
+  (``tcp.Server`` and ``tcp.Client`` are given the originals, which hide the hooks below).
+  Unix sockets, and TCP where the kernel does not count, take hooks on
+  ``tcp.Connection._dataReceived`` / ``writeSomeData`` (and on ``unix.Server``'s, which
+  would otherwise find the originals on ``tcp.Server``) that add to the record on every
+  call: ``dashboard._accel.IOHook`` objects where the accelerator is built (no Python frame
+  per call), Python wrappers otherwise.
 - ``tcp.Server.__init__``: count one accept for its listening port (``.server`` is set
   after ``Connection.__init__`` returns).
 - ``tcp.Port.startListening``, ``unix.Port.startListening`` (which does not chain to TCP's)
@@ -23,9 +28,10 @@ Hooks (all on classes, installed by ``install()``, restored exactly by ``uninsta
 cost 9,000 CPU instructions per Klein request under callgrind (2% of a hello-world), the
 time of the last bytes in costs one clock call on a path already hooked.
 
-Hot paths pay a dict lookup and an addition; everything else happens in ``collect()``,
-whose cost is the ``top_n`` connections shown plus the reactor's current writers (the only
-transports with pending output, hence the only possible slow consumers), not the number open.
+Hot paths pay a dict lookup and an addition (TCP with kernel counts: nothing per read or
+write); everything else happens in ``collect()``, whose cost is the ``top_n`` connections
+shown plus the reactor's current writers (the only transports with pending output, hence the
+only possible slow consumers), not the number open.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from twisted.internet import tcp, unix
 from twisted.internet._newtls import _BypassTLS
 
 from dashboard import accel
+from dashboard.probes import tcp_counters
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource
 from dashboard.probes.connection_detail import (
     TLSMemoryBIOProtocol,
@@ -49,10 +56,12 @@ from dashboard.probes.connection_detail import (
     pending_write_bytes,
     unwrap_protocol,
 )
-from dashboard.probes.connection_registry import KINDS, ConnectionRegistry
+from dashboard.probes.connection_registry import KINDS, ConnectionRegistry, ConnEntry
 
 #: Slow consumers listed in ``slow_consumer_items`` (the count is exact).
 MAX_SLOW_CONSUMERS_SHOWN = 10
+#: Connection kinds whose counts the kernel keeps when ``kernel_counts`` is on.
+_KERNEL_COUNTED = frozenset({"tcp_server", "tcp_client"})
 
 AnyFunc = Callable[..., Any]
 
@@ -75,13 +84,22 @@ class ConnectionsProbe:
         *,
         top_n: int = 100,
         accelerate: bool | None = None,
+        kernel_counts: bool | None = None,
     ) -> None:
         """``accelerate``: count bytes in and out with the compiled hooks
         (``dashboard._accel.IOHook``; True: required, an error where not built; None: where
-        built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
+        built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never).
+
+        ``kernel_counts``: read TCP connections' counts from the kernel instead of hooking
+        every read and write (True: required, an error where the kernel does not count;
+        None: where it does; False: never)."""
         if top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {top_n!r}")
         self.accelerated = accel.resolve(accelerate)
+        kernel_available = tcp_counters.available()
+        if kernel_counts and not kernel_available:
+            raise RuntimeError("this kernel does not count TCP bytes (TCP_INFO, Linux 4.1+)")
+        self.kernel_counts = kernel_available if kernel_counts is None else kernel_counts
         self._reactor = reactor
         self._errors = errors
         self._clock = clock
@@ -215,6 +233,16 @@ class ConnectionsProbe:
             wrap(tcp.Connection, "__init__", conn_init)
             wrap(tcp.Connection, "connectionLost", conn_lost)
             wrap(tcp.BaseClient, "failIfNotConnected", fail_connect)
+            if self.kernel_counts:
+                # TCP transports keep Twisted's functions. unix.Server, a tcp.Server, takes
+                # the hooks back: on its _dataReceived, and on its writeSomeData, which
+                # sends through tcp.Server's. unix.Client inherits both hooks from
+                # tcp.Connection (its writeSomeData sends through tcp.BaseClient's).
+                for cls in (tcp.Server, tcp.Client):
+                    patch(cls, "_dataReceived", cls._dataReceived)
+                    patch(cls, "writeSomeData", cls.writeSomeData)
+                wrap(unix.Server, "_dataReceived", in_hook)
+                wrap(unix.Server, "writeSomeData", out_hook)
             wrap(tcp.Connection, "_dataReceived", in_hook)
             wrap(tcp.Connection, "writeSomeData", out_hook)
             wrap(tcp.Server, "__init__", server_init)
@@ -314,7 +342,7 @@ class ConnectionsProbe:
             if transport is None:
                 continue
             try:
-                items.append(describe(entry, transport, now))
+                items.append(self._describe(entry, transport, now))
             except Exception as exc:
                 self._record(exc)
 
@@ -345,7 +373,20 @@ class ConnectionsProbe:
             "items_total": len(entries),
             "items_truncated": len(entries) > self.top_n,
             "hot_path": "compiled" if self.accelerated else "python",
+            "tcp_counts": "kernel" if self.kernel_counts else "hooks",
         }
+
+    def _describe(self, entry: ConnEntry, transport: Any, now: float) -> JSONDict:
+        if self.kernel_counts and entry.kind in _KERNEL_COUNTED:
+            try:
+                tcp_counters.refresh(
+                    entry, transport.socket, now, active_open=entry.kind == "tcp_client"
+                )
+            except OSError:  # closed, or not TCP after all: the counts last read stand
+                pass
+            except Exception as exc:  # still shown, with the counts last read
+                self._record(exc)
+        return describe(entry, transport, now)
 
     def _slow_consumers(self, now: float) -> tuple[int, list[JSONDict]]:
         """Registered transports whose pending output exceeds their ``bufferSize``. Only the
@@ -374,7 +415,7 @@ class ConnectionsProbe:
             if entry is None:
                 continue
             try:
-                item = describe(entry, transport, now)
+                item = self._describe(entry, transport, now)
                 item.pop("requests", None)
                 shown.append(item)
             except Exception as exc:

@@ -94,6 +94,7 @@ _CONNECTIONS = _object(
         "items_total": "integer",
         "items_truncated": "boolean",
         "hot_path": "string",
+        "tcp_counts": "string",
     }
 )
 _POOL = _object(
