@@ -20,8 +20,10 @@ from collections.abc import Sequence
 
 from benchmarks.common import Result, interleaved_ratio, print_table
 
-#: Throughput monitored / bare, the performance issue's targets (the core issue's: Klein 0.97).
+#: Throughput monitored / bare: the performance issue's targets, watched (1 s sampling, an SSE
+#: client, a scrape every second), and the core issue's, started without watchers.
 BUDGET = {"klein": 0.99, "web": 0.98}
+UNWATCHED_BUDGET = {"klein": 0.97, "web": 0.98}
 
 
 def free_port() -> int:
@@ -193,13 +195,14 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             lambda: throughput(args.kind, True, seconds, 50, watched=watched),
             pairs,
         )
+    budget = (BUDGET if watched else UNWATCHED_BUDGET)[args.kind]
     results = [
         Result(
             name,
             ratio,
             "x bare req/s",
-            f">= {BUDGET[args.kind]:g}",
-            ratio >= BUDGET[args.kind],
+            f">= {budget:g}",
+            ratio >= budget,
             f"bare {bare:.0f} req/s, monitored {monitored:.0f} req/s (medians of {pairs})",
         )
     ]

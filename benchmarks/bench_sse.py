@@ -30,8 +30,10 @@ from typing import IO, Any
 from benchmarks.bench_http import free_port, pinned
 from benchmarks.common import Result, print_table
 
+#: The performance issue's budgets: 1,000 clients at most 5% of a core, a p99 spread of
+#: 50 ms (the web issue asked 100 ms).
 CPU_BUDGET_PERCENT = 5.0
-SPREAD_BUDGET_MS = 100.0
+SPREAD_BUDGET_MS = 50.0
 
 
 def read_line(stream: IO[str] | None, what: str) -> str:
