@@ -10,8 +10,8 @@
 It prints ``listening <dashboard port> <app port>`` once both accept connections. Inside, the
 strings the dashboard shows come from outside and carry markup: a pool's name, a Deferred's
 creation site (code compiled under a markup file name), a blocking call's stack (the same),
-and the class name of a protocol whose timeout fired. Every payload sets ``window.__xss`` and
-calls ``alert()`` if it ever runs.
+and the class name of a protocol whose timeout fired; a site's function name is very long.
+Every payload sets ``window.__xss`` and calls ``alert()`` if it ever runs.
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ def leak():
 
 def block():
     time.sleep(0.4)
+"""
+#: A pending Deferred's creating function, named with no place to break a line: the sites and
+#: oldest tables must wrap it rather than grow sideways.
+LONG_FUNCTION = "leak_" + "without_a_place_to_break_" * 8
+HOSTILE_CODE += f"""
+def {LONG_FUNCTION}():
+    kept.append(defer.Deferred())
 """
 
 
@@ -102,6 +109,7 @@ def main(argv: list[str]) -> None:
     exec(compile(HOSTILE_CODE, CODE_FILE, "exec"), namespace)
     for _ in range(3):
         namespace["leak"]()
+    namespace[LONG_FUNCTION]()
     # From the running reactor: scheduled before run(), a slow start (a loaded machine) could
     # run it before the loop probe's first poller wait, when no busy span is measured yet.
     reactor.callWhenRunning(reactor.callLater, 0.5, namespace["block"])

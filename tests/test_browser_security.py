@@ -22,7 +22,7 @@ from typing import Any
 from playwright.sync_api import Browser, Page
 
 from tests.browser_support import BrowserThread, ServerProcess, new_page, text, wait_for
-from tests.hostile_server import CODE_FILE, POOL_NAME, PROTOCOL_NAME
+from tests.hostile_server import CODE_FILE, LONG_FUNCTION, POOL_NAME, PROTOCOL_NAME
 
 HOSTILE_SERVER = Path(__file__).resolve().parent / "hostile_server.py"
 TOKEN = "browser-test-token-0123456789abcdef"
@@ -133,6 +133,12 @@ def test_hostile_strings_are_shown_as_text_and_never_run(browser: BrowserThread)
                 CODE_FILE,
             )
             wait_for(page, "(n) => window.__dashboardStats.renders >= n + 3", 1)
+            # Long unbroken text wraps inside its cell: these tables never scroll sideways.
+            found[f"overflow_bypass={bypass}"] = page.evaluate(
+                "(ids) => ids.map((id) => { const w = document.getElementById(id)"
+                ".closest('.table-wrap'); return [id, w.scrollWidth - w.clientWidth]; })",
+                ["sites-table", "oldest-table"],
+            )
             found[f"tables_bypass={bypass}"] = {
                 "connections": text(page, "#connections-table"),
                 "pools": text(page, "#pools-table"),
@@ -165,7 +171,8 @@ def test_hostile_strings_are_shown_as_text_and_never_run(browser: BrowserThread)
         for target in HOSTILE_TARGETS:
             assert f"GET {target}" in tables["connections"], target
         assert POOL_NAME in tables["pools"]
-        assert CODE_FILE in tables["sites"]
+        assert CODE_FILE in tables["sites"] and LONG_FUNCTION in tables["sites"]
+        assert found[f"overflow_bypass={bypass}"] == [["sites-table", 0], ["oldest-table", 0]]
         assert CODE_FILE in tables["blocks"]
         assert PROTOCOL_NAME in tables["timeouts"]
         assert found[f"detect_bypass={bypass}"] == {"xss": None, "control": None, "injected": 0}

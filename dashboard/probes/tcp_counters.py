@@ -17,6 +17,7 @@ counts last read.
 from __future__ import annotations
 
 import fcntl
+import functools
 import socket
 import struct
 import sys
@@ -52,9 +53,10 @@ class Counted(Protocol):
     last_in: float
 
 
+@functools.cache
 def available() -> bool:
-    """Whether this kernel gives the counters (Linux 4.1+): asked of an unconnected socket,
-    so no connection is made."""
+    """Whether this kernel gives the counters (Linux 4.1+): asked once, of an unconnected
+    socket, so no connection is made."""
     if _TCP_INFO is None or not sys.platform.startswith("linux"):
         return False
     try:
