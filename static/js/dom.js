@@ -19,6 +19,19 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/**
+ * Text as nodes with a line-break opportunity (<wbr>) after each "/", ".", "_" and ":", so a
+ * long path or name wraps at its joints first; the text itself is unchanged.
+ */
+export function breakable(text) {
+  const nodes = [];
+  for (const part of String(text).split(/(?<=[/._:])/)) {
+    if (nodes.length) nodes.push(document.createElement("wbr"));
+    nodes.push(document.createTextNode(part));
+  }
+  return nodes;
+}
+
 /** A <td>, with an optional class; content as for el(). */
 export function td(cls, ...children) {
   return el("td", cls ? { class: cls } : {}, ...children);

@@ -1,7 +1,7 @@
 // The tables and lists under the charts, rebuilt from each rendered snapshot.
 // Text goes in through textContent (el/td); nothing from a snapshot is parsed as markup.
 
-import { el, emptyRow, fillBody, setText, sparkline, td } from "./dom.js";
+import { breakable, el, emptyRow, fillBody, setText, sparkline, td } from "./dom.js";
 import { age, clock, count, ms, shortSite } from "./format.js";
 
 const SHOWN_SITES = 25;
@@ -9,7 +9,7 @@ const SHOWN_TIMEOUTS = 25;
 
 /** A cell showing a "file:line in function" site, shortened, with the full text as tooltip. */
 function siteCell(site) {
-  return td("site", el("code", { title: site }, shortSite(site)));
+  return td("site", el("code", { title: site }, ...breakable(shortSite(site))));
 }
 
 function trendCell(trend) {
