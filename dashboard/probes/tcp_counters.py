@@ -10,14 +10,15 @@ of two hooked calls on every request (1.1% of a Klein hello-world's throughput, 
 
 The kernel counts the sequence numbers of SYN and FIN as one byte each; they are taken off:
 an actively opened socket's SYN from the bytes acknowledged, and a FIN by the state it left
-the connection in. A closed socket (state ``CLOSE``, which a reset also leads to) keeps the
-counts last read.
+the connection in. Two figures can be one byte off: an actively connected socket adopted as
+a server (``adoptStreamConnection``) counts its SYN as one byte out, and a socket closed by a
+reset (state ``CLOSE``, taken for a graceful close, both FINs exchanged) counts one byte less
+each way, unless a snapshot read it before the reset.
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
 import socket
 import struct
 import sys
@@ -39,10 +40,14 @@ _CLOSE, _CLOSE_WAIT, _LAST_ACK, _LISTEN, _CLOSING = 7, 8, 9, 10, 11
 _OWN_FIN = frozenset({_FIN_WAIT1, _FIN_WAIT2, _TIME_WAIT, _LAST_ACK, _CLOSING})
 #: States in which the peer's FIN arrived.
 _PEER_FIN = frozenset({_TIME_WAIT, _CLOSE_WAIT, _LAST_ACK, _CLOSING})
-#: States with nothing to read: counts stay as last read.
-_STALE = frozenset({_CLOSE, _LISTEN})
+#: ``tcpi_bytes_acked`` and ``tcpi_bytes_received``, compared to see whether they moved.
+_COUNTERS = slice(120, 136)
+#: Reads of the queues between two equal reads of the counters, before settling for a lower
+#: bound.
+_ATTEMPTS = 3
 
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_available: bool | None = None
 
 
 class Counted(Protocol):
@@ -53,18 +58,26 @@ class Counted(Protocol):
     last_in: float
 
 
-@functools.cache
 def available() -> bool:
-    """Whether this kernel gives the counters (Linux 4.1+): asked once, of an unconnected
-    socket, so no connection is made."""
-    if _TCP_INFO is None or not sys.platform.startswith("linux"):
-        return False
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            info = probe.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_SIZE)
-    except OSError:
-        return False
-    return len(info) >= _INFO_SIZE
+    """Whether this kernel gives the counters (Linux 4.1+), asked of an unconnected socket (no
+    connection is made). The answer is kept once the kernel gave one; a socket that could not
+    be made (no descriptor left) is asked about again next time."""
+    global _available
+    if _available is None:
+        if _TCP_INFO is None or not sys.platform.startswith("linux"):
+            _available = False
+            return False
+        try:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            return False
+        with probe:
+            try:
+                info = probe.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_SIZE)
+            except OSError:
+                info = b""
+        _available = len(info) >= _INFO_SIZE
+    return _available
 
 
 def _queued(fd: int, request: int) -> int:
@@ -72,22 +85,46 @@ def _queued(fd: int, request: int) -> int:
     return value
 
 
+def _info(sock: Any) -> bytes:
+    info: bytes = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_SIZE)
+    if len(info) < _INFO_SIZE:
+        raise OSError(f"TCP_INFO gave {len(info)} bytes, fewer than {_INFO_SIZE}")
+    return info
+
+
 def refresh(entry: Counted, sock: Any, now: float, *, active_open: bool) -> None:
     """Set ``entry``'s byte counts and ``last_in`` (``now`` less the kernel's time since data
     last arrived) from ``sock``; ``active_open``: the socket connected out (its SYN was
-    acknowledged as one byte). Raises ``OSError`` for a socket that is not TCP or is closed."""
+    acknowledged as one byte). Raises ``OSError`` for a socket that is not TCP or is closed.
+
+    Counts never go down. The kernel's counters and queues are read by separate calls, and
+    data or acknowledgements may arrive in between: the counters are read again after the
+    queues, up to ``_ATTEMPTS`` times, until they did not move. If they kept moving, the
+    counters read before the queues give figures at most the truth (bytes that arrived in
+    between count as unread; bytes acknowledged in between as neither acknowledged nor not).
+    """
     assert _TCP_INFO is not None
-    info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_SIZE)
-    state = info[0]
-    if state in _STALE or len(info) < _INFO_SIZE:
+    info = _info(sock)
+    if info[0] == _LISTEN:
         return
     fd = sock.fileno()
-    unread = _queued(fd, termios.FIONREAD)
-    unacked = _queued(fd, termios.TIOCOUTQ)
+    again = info
+    for attempt in range(_ATTEMPTS):
+        if attempt:
+            info = again  # read after the previous queues: before these
+        unread = _queued(fd, termios.FIONREAD)
+        unacked = _queued(fd, termios.TIOCOUTQ)
+        again = _info(sock)
+        if again[0] == info[0] and again[_COUNTERS] == info[_COUNTERS]:
+            break
+    # ``info`` was read just before the queues used.
+    state = info[0]
     acked, received = _BYTES.unpack_from(info, 120)
-    bytes_in = received - unread - (state in _PEER_FIN)
-    bytes_out = acked + unacked - active_open - (state in _OWN_FIN)
-    entry.bytes_in = max(0, bytes_in)
-    entry.bytes_out = max(0, bytes_out)
-    if state != _SYN_SENT:
-        entry.last_in = now - _LAST_DATA_RECV.unpack_from(info, 52)[0] / 1000.0
+    # A CLOSE socket reached it with both FINs exchanged, or by a reset (then 1 byte low).
+    bytes_in = received - unread - (state in _PEER_FIN or state == _CLOSE)
+    bytes_out = acked + unacked - active_open - (state in _OWN_FIN or state == _CLOSE)
+    entry.bytes_in = max(entry.bytes_in, bytes_in)
+    entry.bytes_out = max(entry.bytes_out, bytes_out)
+    if state != _SYN_SENT and (state != _CLOSE or received > 0):
+        last_in = now - _LAST_DATA_RECV.unpack_from(info, 52)[0] / 1000.0
+        entry.last_in = max(entry.last_in, last_in)
