@@ -96,10 +96,11 @@ class ConnectionsProbe:
         if top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {top_n!r}")
         self.accelerated = accel.resolve(accelerate)
-        kernel_available = tcp_counters.available()
-        if kernel_counts and not kernel_available:
+        if kernel_counts is None:
+            kernel_counts = tcp_counters.available()
+        elif kernel_counts and not tcp_counters.available():
             raise RuntimeError("this kernel does not count TCP bytes (TCP_INFO, Linux 4.1+)")
-        self.kernel_counts = kernel_available if kernel_counts is None else kernel_counts
+        self.kernel_counts = kernel_counts
         self._reactor = reactor
         self._errors = errors
         self._clock = clock
