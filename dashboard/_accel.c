@@ -294,6 +294,8 @@ track_new(Tracker *t, PyObject *deferred)
     return 0;
 }
 
+static int count_first_fire(Tracker *t, PyObject *deferred);
+
 /* Count a first firing: 0, or -1 with an error set that must propagate. */
 static int
 track_fired(Tracker *t, PyObject *deferred)
@@ -308,6 +310,14 @@ track_fired(Tracker *t, PyObject *deferred)
     if (already != 0) {
         return already < 0 ? -1 : 0;
     }
+    return count_first_fire(t, deferred);
+}
+
+/* A Deferred's first firing: count it at its site. 0, or -1 with an error set that must
+ * propagate (only what is not an Exception: a probe fault is reported, never raised). */
+static int
+count_first_fire(Tracker *t, PyObject *deferred)
+{
     /* One lookup that takes the entry out: atomic under the GIL. */
     PyObject *site = _PyDict_Pop(t->nursery, deferred, Py_None);
     if (site == NULL) {
@@ -468,9 +478,25 @@ static PyGetSetDef Tracker_getset[] = {
 
 static PyObject *Tracker_hook(Tracker *t, PyObject *kind);
 
+static PyObject *
+Tracker_first_fire(Tracker *t, PyObject *deferred)
+{
+    if (t->nursery == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Tracker not initialised");
+        return NULL;
+    }
+    if (count_first_fire(t, deferred) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Tracker_methods[] = {
     {"hook", (PyCFunction)Tracker_hook, METH_O,
      "hook('init' | 'fire'): the method to patch on Deferred."},
+    {"first_fire", (PyCFunction)Tracker_first_fire, METH_O,
+     "first_fire(deferred): count a Deferred's first firing (called by a recompiled "
+     "_startRunCallbacks, after its already-called checks)."},
     {NULL},
 };
 

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from dashboard import accel
-from dashboard.probes import deferreds
+from dashboard.probes import deferred_source, deferreds
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.deferreds import DeferredsProbe
 
@@ -254,14 +254,14 @@ def test_a_failing_probe_never_breaks_user_deferreds(
 def test_inlined_init_matches_twisted_and_falls_back_otherwise(
     clock: Clock, errors: ProbeErrors, accelerate: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert deferreds.init_is_plain(defer.Deferred.__init__)
+    assert deferred_source.init_is_plain(defer.Deferred.__init__)
 
     def grown(self: Any, canceller: Any = None) -> None:
         self._callbacks = []
         self._canceller = canceller
         self.extra = 1
 
-    assert not deferreds.init_is_plain(grown)
+    assert not deferred_source.init_is_plain(grown)
     for plain in (True, False):
         monkeypatch.setattr(deferreds, "init_is_plain", lambda _init, plain=plain: plain)
         probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate)
@@ -375,7 +375,11 @@ def test_the_compiled_path_is_what_the_monitor_uses() -> None:
     monitor.start()
     try:
         assert isinstance(vars(defer.Deferred)["__init__"], _accel.Hook)
-        assert isinstance(vars(defer.Deferred)["_startRunCallbacks"], _accel.Hook)
+        # the first firing is counted by Twisted's own method, recompiled with the C count
+        assert monitor.deferreds.fire_hook == "recompiled"
+        start = vars(defer.Deferred)["_startRunCallbacks"]
+        assert start.__code__.co_filename == defer.__file__
+        assert start.__closure__[0].cell_contents.__self__ is monitor.deferreds._tracker
     finally:
         monitor.stop()
     assert not isinstance(vars(defer.Deferred)["__init__"], _accel.Hook)

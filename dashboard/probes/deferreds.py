@@ -19,6 +19,10 @@ Two implementations of the hot path, same semantics and tests: ``dashboard._acce
 at install on CPython 3.11/3.12) reads the caller from the interpreter's frame stack without
 creating a frame object and patches C callables (no Python frame of their own); the
 pure-Python fallback uses ``sys._getframe``. ``REACTOR_DASHBOARD_ACCEL=0`` forces the fallback.
+On either path the first firing is counted from inside Twisted's own ``_startRunCallbacks``,
+recompiled with one call added (``deferred_source.with_first_fire``): a hook around it cost
+the interpreter its inlined call from ``callback()`` (about 60 ns a Deferred). Where its
+source is not at hand or has another shape, a hook around it is used (``fire_hook``).
 
 Side effect, documented: the nursery holds a strong reference to each new, still unfired
 Deferred until the next sweep (at most ``sweep_interval_s``), which delays the collection
@@ -27,12 +31,9 @@ of a Deferred dropped unfired by that much. Fired Deferreds are never held.
 
 from __future__ import annotations
 
-import ast
 import functools
 import heapq
-import inspect
 import sys
-import textwrap
 import types
 import weakref
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from twisted.internet.base import DelayedCall
 
 from dashboard import accel
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource, frame_site, qualname
+from dashboard.probes.deferred_source import init_is_plain, with_first_fire
 
 _getframe = sys._getframe
 _getrefcount = sys.getrefcount
@@ -234,6 +236,9 @@ class DeferredsProbe:
         self._graveyard: list[_TrackedRef] = []
         self._timer: DelayedCall | None = None
         self._installed = False
+        #: how the first firing is counted: "recompiled" (Twisted's ``_startRunCallbacks``
+        #: with the count inside) or "wrapper" (a hook around it); set by ``install()``
+        self.fire_hook = ""
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -252,9 +257,19 @@ class DeferredsProbe:
         original_start: Callable[[Any, object], None] = cls._startRunCallbacks
         inline_init = init_is_plain(original_init)
         if self.accelerated:
-            init_hook, start_hook = self._compiled_hooks(original_init, original_start, inline_init)
+            init_hook, start_hook, first_fire = self._compiled_hooks(
+                original_init, original_start, inline_init
+            )
         else:
-            init_hook, start_hook = self._python_hooks(original_init, original_start, inline_init)
+            init_hook, start_hook, first_fire = self._python_hooks(
+                original_init, original_start, inline_init
+            )
+        # Twisted's method recompiled with the count inside, where its source allows; else
+        # the hook around it
+        recompiled = with_first_fire(original_start, first_fire)
+        self.fire_hook = "recompiled" if recompiled is not None else "wrapper"
+        if recompiled is not None:
+            start_hook = recompiled
         patch = self._patcher.patch
         patch(cls, "_rd_ref", None)
         patch(cls, "__init__", _like(init_hook, original_init))
@@ -266,8 +281,9 @@ class DeferredsProbe:
         original_init: Callable[..., None],
         original_start: Callable[[Any, object], None],
         inline_init: bool,
-    ) -> tuple[Callable[..., None], Callable[[Any, object], None]]:
-        """``Deferred.__init__`` and ``_startRunCallbacks`` replacements in Python."""
+    ) -> tuple[Callable[..., None], Callable[[Any, object], None], Callable[[Any], None]]:
+        """``Deferred.__init__`` and ``_startRunCallbacks`` replacements in Python, and the
+        first-firing count that a recompiled ``_startRunCallbacks`` calls instead."""
         original_succeed = defer.succeed
         transparent = frozenset(id(code) for code in _transparent_codes())
         succeed_code_id = id(original_succeed.__code__)
@@ -325,30 +341,33 @@ class DeferredsProbe:
             except Exception as exc:
                 errors.record("deferreds", exc)
 
+        def first_fire(self: Any) -> None:
+            try:
+                site = nursery.pop(self, None)
+                if site is not None:
+                    site.fired += 1
+                else:
+                    ref = self._rd_ref
+                    if ref is not None:  # promoted: still tracked until now
+                        _promoted_fired(ref)
+            except Exception as exc:  # a subclass defining __eq__ is unhashable
+                errors.record("deferreds", exc)
+
         def _startRunCallbacks(self: Any, result: object) -> None:
             if not self.called:
-                try:
-                    site = nursery.pop(self, None)
-                    if site is not None:
-                        site.fired += 1
-                    else:
-                        ref = self._rd_ref
-                        if ref is not None:  # promoted: still tracked until now
-                            _promoted_fired(ref)
-                except Exception as exc:  # a subclass defining __eq__ is unhashable
-                    errors.record("deferreds", exc)
+                first_fire(self)
             original_start(self, result)
 
-        return __init__, _startRunCallbacks
+        return __init__, _startRunCallbacks, first_fire
 
     def _compiled_hooks(
         self,
         original_init: Callable[..., None],
         original_start: Callable[[Any, object], None],
         inline_init: bool,
-    ) -> tuple[object, object]:
-        """The same two replacements from ``dashboard._accel``: no frame object for the
-        caller and no Python frame of their own."""
+    ) -> tuple[object, object, Callable[[Any], object]]:
+        """The same three from ``dashboard._accel``: no frame object for the caller and no
+        Python frame of their own."""
         assert accel.built is not None
         errors = self._errors
         tracker = accel.built.Tracker(
@@ -368,7 +387,7 @@ class DeferredsProbe:
             max_entries=MAX_SITE_KEYS,
         )
         self._tracker = tracker
-        return tracker.hook("init"), tracker.hook("fire")
+        return tracker.hook("init"), tracker.hook("fire"), tracker.first_fire
 
     def uninstall(self) -> None:
         if not self._installed:
@@ -511,35 +530,6 @@ class DeferredsProbe:
             "site": ref.site.name(),
             "waiting": describe_waiting(d) if d is not None else [],
         }
-
-
-#: ``Deferred.__init__``'s body, statement by statement (annotations dropped), as the probe
-#: inlines it; any other body is called instead.
-_PLAIN_INIT = ["self._callbacks = []", "self._canceller = canceller", "if self.debug:"]
-
-
-def init_is_plain(init: Callable[..., None]) -> bool:
-    """Whether ``init`` (Twisted's ``Deferred.__init__``) does exactly what the probe inlines:
-    set ``_callbacks`` and ``_canceller``, and call into debug info only when debugging."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
-        func = tree.body[0]
-        if not isinstance(func, ast.FunctionDef) or [a.arg for a in func.args.args] != [
-            "self",
-            "canceller",
-        ]:
-            return False
-        body = func.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            body = body[1:]  # the docstring
-        statements = []
-        for stmt in body:
-            if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-                stmt = ast.Assign(targets=[stmt.target], value=stmt.value, lineno=stmt.lineno)
-            statements.append(ast.unparse(stmt).splitlines()[0])
-        return statements == _PLAIN_INIT
-    except (OSError, TypeError, SyntaxError, IndexError):
-        return False
 
 
 def _since(ref: _TrackedRef) -> float:
