@@ -16,8 +16,9 @@ callgrind, a Klein server, per request) missed the instruction cache as often as
 from __future__ import annotations
 
 import ast
+import copy
+import dis
 import inspect
-import textwrap
 import types
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +32,19 @@ HOOK = "_rd_hook"
 
 
 def _function_def(func: Callable[..., Any]) -> tuple[ast.FunctionDef, int]:
-    """The parsed definition of ``func`` and its first line in its file."""
-    lines, first = inspect.getsourcelines(func)
-    tree = ast.parse(textwrap.dedent("".join(lines)))
-    node = tree.body[0]
-    if not isinstance(node, ast.FunctionDef):
+    """The parsed definition of ``func`` itself (read through its code object, never through
+    ``__wrapped__``: a wrapper's source is the wrapper's) and its first line in its file.
+    Columns stay the file's: an indented definition is parsed inside an ``if 1:``."""
+    if not isinstance(func, types.FunctionType):
+        raise TypeError("not a Python function")
+    lines, first = inspect.getsourcelines(func.__code__)
+    source = "".join(lines)
+    indented = source[:1].isspace()
+    tree = ast.parse("if 1:\n" + source if indented else source)
+    node = tree.body[0].body[0] if indented else tree.body[0]  # type: ignore[attr-defined]
+    if not isinstance(node, ast.FunctionDef) or node.name != func.__code__.co_name:
         raise TypeError("not a plain function definition")
+    ast.increment_lineno(node, first - 2 if indented else first - 1)
     return node, first
 
 
@@ -71,31 +79,56 @@ def _is_called_true(stmt: ast.stmt) -> bool:
     )
 
 
+def _identifiers(tree: ast.AST) -> set[str]:
+    """Every identifier in ``tree``, in whatever role: names, attributes, parameters,
+    keywords, ``global`` names, import and except aliases, match captures..."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant):
+            continue  # the one field that holds arbitrary text
+        for field, value in ast.iter_fields(node):
+            if field == "type_comment":
+                continue
+            if isinstance(value, str):
+                found.add(value)
+            elif isinstance(value, list):
+                found.update(item for item in value if isinstance(item, str))
+    return found
+
+
 def _compiles_alike_outside_its_class(func: ast.FunctionDef) -> bool:
-    """Whether the method means the same compiled outside its class body: no private name
-    (mangled only inside a class), no zero-argument ``super()`` or ``__class__`` (a cell
-    only a class body provides), no nested scopes, no decorators."""
-    if func.decorator_list:
+    """Whether the method means the same compiled alone, in a closure: no decorator, no
+    type parameters, no nested scope; no private name (mangled only inside a class), no
+    zero-argument ``super()`` or ``__class__`` (a cell only a class body provides), no use
+    of its own name (the closure binds it) or of the hook's."""
+    if func.decorator_list or getattr(func, "type_params", None):
         return False
     for node in ast.walk(func):
         if node is not func and isinstance(
             node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef
         ):
             return False
-        name = (
-            node.id
-            if isinstance(node, ast.Name)
-            else node.attr
-            if isinstance(node, ast.Attribute)
-            else None
-        )
-        if name is None:
-            continue
-        if name in ("super", "__class__", HOOK):
-            return False
-        if name.startswith("__") and not name.endswith("__"):
-            return False
-    return True
+    names = set()
+    for stmt in [func.args, *func.body]:
+        names |= _identifiers(stmt)
+    if names & {"super", "__class__", HOOK}:
+        return False
+    if any(isinstance(node, ast.Name) and node.id == func.name for node in ast.walk(func)):
+        return False
+    return not any(name.startswith("__") and not name.endswith("__") for name in names)
+
+
+def _program(code: types.CodeType) -> list[tuple[str, object, object]]:
+    """``code``'s instructions, their arguments and source positions, up to what compiling
+    the same source elsewhere may change: a method call on an imported module is
+    ``LOAD_ATTR`` in its module and ``LOAD_METHOD`` compiled alone (3.11), and jump targets
+    are offsets, which follow."""
+    program: list[tuple[str, object, object]] = []
+    for ins in dis.get_instructions(code):
+        op = "LOAD_ATTR" if ins.opname == "LOAD_METHOD" else ins.opname
+        jumps = ins.opcode in dis.hasjrel or ins.opcode in dis.hasjabs
+        program.append((op, None if jumps else ins.argval, ins.positions))
+    return program
 
 
 def with_first_fire(
@@ -129,44 +162,58 @@ def _recompiled(
 ) -> Callable[..., None] | None:
     """``method`` compiled again from its source after ``edit`` changed its body (in place;
     False: declined), with ``hook`` bound to the closure name the edit calls. It runs in
-    the original's module globals, read live, under its file name and line numbers (an added
-    statement takes the line of its neighbour). ``None`` where that cannot be done alike."""
+    the original's module globals, read live, under its file name, lines and columns (an
+    added statement takes its neighbour's). ``None`` where that cannot be done alike: no
+    source, a source on disk that is not the code running (compiled unedited first and
+    compared), or a shape that would compile differently."""
     if not isinstance(method, types.FunctionType) or method.__closure__:
         return None
     try:
-        func, first_line = _function_def(method)
-        if func.name != method.__name__ or not _compiles_alike_outside_its_class(func):
+        func, _ = _function_def(method)
+        if not _compiles_alike_outside_its_class(func):
             return None
-        if not edit(func.body):
-            return None
-        # annotations are copied from the original, never evaluated again
+        # defaults and annotations are the original's objects, never evaluated again
+        func.args.defaults = []
+        func.args.kw_defaults = [None] * len(func.args.kwonlyargs)
         for arg in [*func.args.posonlyargs, *func.args.args, *func.args.kwonlyargs]:
             arg.annotation = None
-        if func.args.vararg is not None:
-            func.args.vararg.annotation = None
-        if func.args.kwarg is not None:
-            func.args.kwarg.annotation = None
+        for rest in (func.args.vararg, func.args.kwarg):
+            if rest is not None:
+                rest.annotation = None
         func.returns = None
-        ast.increment_lineno(func, first_line - 1)
-        maker = ast.FunctionDef(
-            name="_rd_make",
-            args=ast.arguments(
-                posonlyargs=[], args=[ast.arg(HOOK)], kwonlyargs=[], kw_defaults=[], defaults=[]
-            ),
-            body=[func, ast.Return(ast.Name(func.name, ast.Load()))],
-            decorator_list=[],
-        )
-        module = ast.fix_missing_locations(ast.Module(body=[maker], type_ignores=[]))
-        made: dict[str, Any] = {}
-        # the original's globals, read live as it reads them; the maker lands in `made`
-        exec(compile(module, method.__code__.co_filename, "exec"), method.__globals__, made)
-        new = made["_rd_make"](hook)
-    except (OSError, TypeError, ValueError, SyntaxError):
+        unedited = _compiled(method, copy.deepcopy(func), hook)
+        if _program(unedited.__code__) != _program(method.__code__):
+            return None  # the file changed since it was imported, or compiles otherwise
+        if not edit(func.body):
+            return None
+        new = _compiled(method, func, hook)
+    except Exception:  # whatever the source holds, the caller falls back to a wrapper
         return None
-    new.__code__ = new.__code__.replace(co_qualname=method.__code__.co_qualname)
     new.__defaults__ = method.__defaults__
     new.__kwdefaults__ = method.__kwdefaults__
     new.__annotations__ = dict(method.__annotations__)
     new.__doc__ = method.__doc__
     result: Callable[..., None] = new
     return result
+
+
+def _compiled(
+    method: types.FunctionType, func: ast.FunctionDef, hook: Callable[[Any], object]
+) -> types.FunctionType:
+    """``func`` compiled inside a closure maker that binds ``hook``, in ``method``'s file and
+    module globals, named as ``method`` is."""
+    maker = ast.FunctionDef(
+        name="_rd_make",
+        args=ast.arguments(
+            posonlyargs=[], args=[ast.arg(HOOK)], kwonlyargs=[], kw_defaults=[], defaults=[]
+        ),
+        body=[func, ast.Return(ast.Name(func.name, ast.Load()))],
+        decorator_list=[],
+    )
+    module = ast.fix_missing_locations(ast.Module(body=[maker], type_ignores=[]))
+    made: dict[str, Any] = {}
+    # the original's globals, read live as it reads them; the maker lands in `made`
+    exec(compile(module, method.__code__.co_filename, "exec"), method.__globals__, made)
+    new: types.FunctionType = made["_rd_make"](hook)
+    new.__code__ = new.__code__.replace(co_qualname=method.__code__.co_qualname)
+    return new
