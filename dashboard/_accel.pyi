@@ -17,10 +17,10 @@ class Hook:
 class Tracker:
     born_fired: int
     entries: int
+    young: int
     def __init__(
         self,
         *,
-        nursery: dict[Any, Any],
         new_site: Callable[[types.CodeType, int], SiteCounts],
         other: SiteCounts,
         on_error: Callable[[BaseException], object],
@@ -36,6 +36,7 @@ class Tracker:
     ) -> None: ...
     def hook(self, kind: str) -> Hook: ...
     def first_fire(self, deferred: object, /) -> None: ...
+    def drain(self) -> list[tuple[Any, Any]]: ...
 
 ABI: int
 

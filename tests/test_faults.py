@@ -32,7 +32,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from dashboard.monitor import Monitor
+from dashboard.probes.base import ProbeErrors
 from dashboard.probes.connection_registry import ConnectionRegistry
+from dashboard.probes.deferreds import DeferredsProbe
 from dashboard.testing import global_reactor
 from tests.loopback import full_listener
 
@@ -334,9 +336,14 @@ class EqDeferred(defer.Deferred[Any]):
         return self is other
 
 
-def test_an_unhashable_deferred_subclass_fires_normally() -> None:
-    monitor = Monitor(global_reactor())
-    monitor.start()
+def test_an_unhashable_deferred_subclass_fires_normally(accelerate: bool) -> None:
+    """The compiled nursery keys Deferreds by address: such a subclass is counted like any
+    other. The pure-Python one is a dict: it cannot hold it, records why, and counts it
+    neither created nor fired, so pending stays exact."""
+    clock = task.Clock()
+    errors = ProbeErrors()
+    probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate)
+    probe.install()
     try:
         keep: defer.Deferred[None] = defer.Deferred()
         d = EqDeferred()
@@ -344,11 +351,17 @@ def test_an_unhashable_deferred_subclass_fires_normally() -> None:
         d.addCallback(seen.append)
         d.callback(7)
         keep.callback(None)
-        snapshot = monitor.snapshot()
+        section = probe.collect()
     finally:
-        monitor.stop()
+        probe.uninstall()
     assert seen == [7]
-    assert snapshot["errors"]["by_probe"].get("deferreds", 0) >= 1
+    assert section["pending"] == 0
+    if accelerate:
+        assert errors.counts == {}
+        assert section["fired_total"] == section["created_total"] == 2
+    else:
+        assert errors.counts["deferreds"] == 2  # at creation and at firing
+        assert section["fired_total"] == section["created_total"] == 1
 
 
 # the web side ---------------------------------------------------------------------------

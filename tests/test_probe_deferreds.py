@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import random
 import sys
 import threading
 from collections.abc import Iterator
@@ -208,7 +209,7 @@ def test_nursery_is_bounded_without_sweeps(
     probe.install()
     try:
         keep = [defer.Deferred[None]() for _ in range(1000)]
-        assert len(probe._nursery) < 64
+        assert probe.nursery_size() < 64
         assert probe.collect()["pending"] == 1000
         del keep
     finally:
@@ -397,4 +398,42 @@ def test_keyboard_interrupt_inside_the_probe_propagates(
     monkeypatch.setattr(probe, "_new_site", interrupted)
     with pytest.raises(KeyboardInterrupt):
         defer.Deferred[None]()  # a new line: a new site
+    assert errors.counts == {}
+
+
+def test_the_compiled_nursery_under_churn(clock: Clock, errors: ProbeErrors) -> None:
+    """The C nursery (open addressing, deletion by backward shift) against a model: random
+    creation and firing orders, the size exact at every step, every reference it took
+    given back, and the collector sees what it holds."""
+    probe = DeferredsProbe(clock, errors, clock.seconds, nursery_limit=100_000, accelerate=True)
+    probe.install()
+    try:
+        rng = random.Random(7)
+        alive: list[defer.Deferred[None]] = []
+        fired: list[defer.Deferred[None]] = []
+        for step in range(20_000):
+            if not alive or rng.random() < 0.55:
+                alive.append(defer.Deferred())
+            else:
+                d = alive.pop(rng.randrange(len(alive)))
+                d.callback(None)
+                fired.append(d)
+            if step % 997 == 0:
+                assert probe.nursery_size() == len(alive)
+        assert probe.nursery_size() == len(alive)
+        del d
+        # the list's, the loop variable's and the argument's: none left in the nursery
+        assert {sys.getrefcount(d) for d in fired} == {3}
+        assert alive[0] in gc.get_referents(probe._tracker)
+        held = [sys.getrefcount(d) for d in alive]
+        section = probe.collect()  # a sweep: all promoted, the nursery empty
+        assert probe.nursery_size() == 0
+        assert [sys.getrefcount(d) for d in alive] == [n - 1 for n in held]
+        assert section["pending"] == len(alive)
+        assert section["fired_total"] == len(fired)
+        for d in alive:
+            d.callback(None)
+        assert probe.collect()["pending"] == 0
+    finally:
+        probe.uninstall()
     assert errors.counts == {}

@@ -1,8 +1,9 @@
 """Pending Deferreds: how many, how old, created where, and which were dropped unfired.
 
 Hot path (every ``Deferred()``): find the creation site (one frame lookup), bump that
-site's counter and put the Deferred in the *nursery* (a dict). On first firing: take it
-out again and bump the site's fired counter. Nothing else.
+site's counter and put the Deferred in the *nursery* (in C a table keyed by its address; in
+pure Python a dict). On first firing: take it out again and bump the site's fired counter.
+Nothing else.
 
 Most Deferreds fire before control returns to the reactor, so the nursery stays small.
 It is swept every ``sweep_interval_s`` (and whenever it holds ``nursery_limit`` entries):
@@ -230,7 +231,8 @@ class DeferredsProbe:
         self._other = _Site(None, 0, "<other sites>")
         #: Deferreds made by succeed(): created fired, counted but not located
         self._born_fired = [0]
-        #: new Deferreds not yet fired, until the next sweep: Deferred -> its site
+        #: new Deferreds not yet fired, until the next sweep: Deferred -> its site (the
+        #: pure-Python path's; the compiled one keeps its own table, ``Tracker.young``)
         self._nursery: dict[defer.Deferred[Any], _Site] = {}
         #: weak references whose Deferred was collected; drained on the reactor thread
         self._graveyard: list[_TrackedRef] = []
@@ -371,7 +373,6 @@ class DeferredsProbe:
         assert accel.built is not None
         errors = self._errors
         tracker = accel.built.Tracker(
-            nursery=self._nursery,
             # looked up per new site, so that a replaced _new_site (tests) is seen
             new_site=lambda code, lineno: self._new_site(code, lineno),
             other=self._other,
@@ -396,6 +397,7 @@ class DeferredsProbe:
         self._patcher.restore()
         if self._tracker is not None:  # keep its count, drop its references
             self._born_fired[0] += self._tracker.born_fired
+            self._tracker.drain()
             self._tracker = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -404,6 +406,10 @@ class DeferredsProbe:
         # Promoted Deferreds keep their weak references; drop ours so no callback runs later.
         for site in self._sites_by_line.values():
             site.tracked.clear()
+
+    def nursery_size(self) -> int:
+        """New Deferreds not fired yet, held until the next sweep."""
+        return self._tracker.young if self._tracker is not None else len(self._nursery)
 
     # hot-path helpers --------------------------------------------------------------------
 
@@ -432,11 +438,16 @@ class DeferredsProbe:
     def sweep(self) -> None:
         """Promote the nursery's still-pending Deferreds to tracking. Reactor thread."""
         self._bury()
-        nursery = self._nursery
-        if not nursery:
-            return
-        batch = list(nursery.items())
-        nursery.clear()
+        batch: list[tuple[defer.Deferred[Any], _Site]]
+        if self._tracker is not None:
+            if not self._tracker.young:
+                return
+            batch = self._tracker.drain()
+        else:
+            if not self._nursery:
+                return
+            batch = list(self._nursery.items())
+            self._nursery.clear()
         try:
             now = self._clock()
             on_lost = self._graveyard.append
