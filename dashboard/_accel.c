@@ -32,7 +32,7 @@
 #endif
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
-#define ACCEL_ABI 7
+#define ACCEL_ABI 8
 
 static PyObject *s_callbacks, *s_canceller_attr, *s_debug, *s_rd_ref, *s_called;
 
@@ -146,7 +146,8 @@ young_reserve(Tracker *t)
     return 0;
 }
 
-/* Into the nursery (takes new references). 0, or -1 with MemoryError set. */
+/* Into the nursery (takes new references). 0, or -1 with MemoryError set. A Deferred
+ * already there (its __init__ called again) gets the new site, as a dict would give it. */
 static int
 young_add(Tracker *t, PyObject *deferred, PyObject *site)
 {
@@ -155,6 +156,12 @@ young_add(Tracker *t, PyObject *deferred, PyObject *site)
     }
     size_t i = ptr_hash(deferred, 0) & t->ymask;
     while (t->young[i].deferred != NULL) {
+        if (t->young[i].deferred == deferred) {
+            PyObject *old = t->young[i].site;
+            t->young[i].site = Py_NewRef(site);
+            Py_DECREF(old); /* a site: the probe's tables hold it too */
+            return 0;
+        }
         i = (i + 1) & t->ymask;
     }
     t->young[i].deferred = Py_NewRef(deferred);
@@ -206,41 +213,46 @@ young_pop(Tracker *t, PyObject *deferred)
     return site;
 }
 
-/* Empty the nursery into a new list of (Deferred, site) tuples. The table is detached
- * first: the allocations below may run the garbage collector, whose callbacks may create
- * Deferreds, which go into a fresh table. */
+/* The nursery's entries as a new list of (Deferred, site) tuples; they stay in the table
+ * (the sweep settles each one with `settle`). NULL with an error set if the list cannot be
+ * made. Everything is allocated before the table is read: an allocation may run the garbage
+ * collector, whose callbacks may create or fire Deferreds (on this thread, or on another one
+ * it hands the GIL to), which changes the table; if its size changed meanwhile, this starts
+ * again. Filling the tuples then allocates nothing, so the table holds still. */
 static PyObject *
-young_drain(Tracker *t)
+young_items(Tracker *t)
 {
-    YoungEntry *table = t->young;
-    size_t size = table == NULL ? 0 : t->ymask + 1;
-    Py_ssize_t used = t->yused;
-    t->young = NULL;
-    t->ymask = 0;
-    t->yused = 0;
-    PyObject *out = PyList_New(0);
-    for (size_t i = 0; i < size; i++) {
-        PyObject *d = table[i].deferred;
-        if (d == NULL) {
+    for (;;) {
+        Py_ssize_t n = t->yused;
+        PyObject *out = PyList_New(n);
+        if (out == NULL) {
+            return NULL;
+        }
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *pair = PyTuple_New(2);
+            if (pair == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(out, k, pair);
+        }
+        if (t->yused != n) {
+            Py_DECREF(out);
             continue;
         }
-        PyObject *site = table[i].site;
-        table[i].deferred = table[i].site = NULL;
-        if (out != NULL) {
-            PyObject *pair = PyTuple_Pack(2, d, site);
-            if (pair == NULL || PyList_Append(out, pair) < 0) {
-                Py_CLEAR(out);
+        YoungEntry *table = t->young;
+        size_t size = table == NULL ? 0 : t->ymask + 1;
+        Py_ssize_t k = 0;
+        for (size_t i = 0; i < size; i++) {
+            if (table[i].deferred != NULL) {
+                PyObject *pair = PyList_GET_ITEM(out, k++);
+                PyTuple_SET_ITEM(pair, 0, Py_NewRef(table[i].deferred));
+                PyTuple_SET_ITEM(pair, 1, Py_NewRef(table[i].site));
             }
-            Py_XDECREF(pair);
         }
-        Py_DECREF(d);
-        Py_DECREF(site);
-        used--;
+        assert(k == n);
+        return out;
     }
-    assert(used == 0);
-    (void)used;
-    PyMem_Free(table);
-    return out;
 }
 
 /* Drop the nursery's references (detached first: dropping one may run any code). */
@@ -654,14 +666,50 @@ Tracker_first_fire(Tracker *t, PyObject *deferred)
 }
 
 static PyObject *
-Tracker_drain(Tracker *t, PyObject *Py_UNUSED(ignored))
+Tracker_young_items(Tracker *t, PyObject *Py_UNUSED(ignored))
 {
-    return young_drain(t);
+    return young_items(t);
+}
+
+/* settle(deferred, ref): the sweep is done with a nursery Deferred. `ref` (a weak reference)
+ * or None (it was lost) goes into its `_rd_ref` first, then it leaves the nursery: True if it
+ * was still there. False means it fired meanwhile (counted then, from the nursery), so `ref`
+ * must be dropped. In this order a firing on another thread is counted exactly once: before
+ * the removal it finds the nursery entry, after it finds `ref`. */
+static PyObject *
+Tracker_settle(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "settle(deferred, ref) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *deferred = args[0], *ref = args[1];
+    if (ref != Py_None && PyObject_SetAttr(deferred, s_rd_ref, ref) < 0) {
+        return NULL;
+    }
+    PyObject *site = young_pop(t, deferred);
+    if (site == NULL) {
+        Py_RETURN_FALSE;
+    }
+    Py_DECREF(site);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Tracker_clear_nursery(Tracker *t, PyObject *Py_UNUSED(ignored))
+{
+    young_clear(t);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef Tracker_methods[] = {
-    {"drain", (PyCFunction)Tracker_drain, METH_NOARGS,
-     "drain() -> [(deferred, site), ...]: empty the nursery (the sweep)."},
+    {"young_items", (PyCFunction)Tracker_young_items, METH_NOARGS,
+     "young_items() -> [(deferred, site), ...]: the nursery's entries (they stay)."},
+    {"settle", (PyCFunction)(void (*)(void))Tracker_settle, METH_FASTCALL,
+     "settle(deferred, ref | None) -> bool: set its _rd_ref, then take it out of the nursery; "
+     "False if it had left (fired meanwhile)."},
+    {"clear_nursery", (PyCFunction)Tracker_clear_nursery, METH_NOARGS,
+     "clear_nursery(): drop the nursery's references (uninstall; allocates nothing)."},
     {"hook", (PyCFunction)Tracker_hook, METH_O,
      "hook('init' | 'fire'): the method to patch on Deferred."},
     {"first_fire", (PyCFunction)Tracker_first_fire, METH_O,

@@ -437,3 +437,144 @@ def test_the_compiled_nursery_under_churn(clock: Clock, errors: ProbeErrors) -> 
     finally:
         probe.uninstall()
     assert errors.counts == {}
+
+
+def test_a_deferred_fired_by_the_collector_during_a_sweep_counts_fired(
+    clock: Clock, errors: ProbeErrors, accelerate: bool
+) -> None:
+    """Emptying the nursery allocates, which may run the garbage collector, whose finalizers
+    may fire a Deferred still in it: that firing must be counted, and the Deferred must not
+    later be reported as collected unfired."""
+    probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate)
+    probe.install()
+    try:
+        victims = [defer.Deferred[None]()]
+
+        class FiresOnCollection:
+            def __del__(self) -> None:
+                victims[0].callback(None)
+
+        gc.collect()
+        garbage = FiresOnCollection()
+        garbage.self = garbage  # type: ignore[attr-defined]  # a cycle: only the collector frees it
+        del garbage
+        thresholds = gc.get_threshold()
+        gc.set_threshold(1)  # the sweep's first tracked allocation collects
+        try:
+            probe.sweep()
+        finally:
+            gc.set_threshold(*thresholds)
+        assert victims[0].called
+        section = probe.collect()
+        assert (section["pending"], section["fired_total"]) == (0, 1)
+        victims.clear()
+        gc.collect()
+        assert probe.collect()["unfired_collected_total"] == 0
+    finally:
+        probe.uninstall()
+    assert errors.counts == {}
+
+
+def test_no_memory_during_a_sweep_loses_nothing(
+    clock: Clock, errors: ProbeErrors, accelerate: bool
+) -> None:
+    """If the sweep cannot allocate, the nursery stays as it was: every Deferred in it is
+    still counted fired when it fires."""
+    import _testcapi  # type: ignore[import-not-found]  # CPython's hooks to fail allocations
+
+    probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate, nursery_limit=10**6)
+    probe.install()
+    try:
+        keep = [defer.Deferred[None]() for _ in range(3000)]
+        for after in (1, 5, 200):
+            failed = False
+            gc.disable()
+            _testcapi.set_nomemory(after, 0)  # the after-th allocation on fails, until removed
+            try:
+                probe.sweep()
+            except MemoryError:
+                failed = True  # (nothing else may allocate before the hooks are removed)
+            finally:
+                _testcapi.remove_mem_hooks()
+                gc.enable()
+            assert failed
+            assert probe.nursery_size() == 3000
+        for d in keep:
+            d.callback(None)
+        section = probe.collect()
+        assert (section["pending"], section["fired_total"]) == (0, 3000)
+    finally:
+        probe.uninstall()
+
+
+def test_init_called_again_counts_alike_on_both_paths(
+    clock: Clock, errors: ProbeErrors, accelerate: bool
+) -> None:
+    """Calling ``Deferred.__init__`` on a live Deferred again (a misuse) counts it created
+    twice and fired once on either path: one pending, as a dict nursery has always said."""
+    probe = DeferredsProbe(clock, errors, clock.seconds, accelerate=accelerate)
+    probe.install()
+    try:
+        d = defer.Deferred[None]()
+        defer.Deferred.__init__(d)
+        assert probe.nursery_size() == 1
+        d.callback(None)
+        section = probe.collect()
+        assert (section["created_total"], section["fired_total"], section["pending"]) == (2, 1, 1)
+    finally:
+        probe.uninstall()
+
+
+def test_threads_firing_during_sweeps_are_counted_exactly(
+    clock: Clock, errors: ProbeErrors
+) -> None:
+    """Four threads create, fire and drop Deferreds with the GIL switching every microsecond
+    and a nursery swept every 16: each firing is counted once, each drop is counted lost
+    once (the compiled path, whose counters cannot lose an increment)."""
+    probe = DeferredsProbe(clock, errors, clock.seconds, nursery_limit=16, accelerate=True)
+    kept: list[list[defer.Deferred[None]]] = []
+    fired = [0] * 4
+    dropped = [0] * 4
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        alive: list[defer.Deferred[None]] = []
+        for _ in range(10_000):
+            if not alive or rng.random() < 0.55:
+                alive.append(defer.Deferred())
+            else:
+                alive.pop(rng.randrange(len(alive))).callback(None)
+                fired[seed] += 1
+            if alive and rng.random() < 0.01:
+                alive.pop()
+                dropped[seed] += 1
+        kept.append(alive)
+
+    interval = sys.getswitchinterval()
+    probe.install()
+    try:
+        sys.setswitchinterval(1e-6)
+        try:
+            workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        finally:
+            sys.setswitchinterval(interval)
+        for alive in kept:
+            for d in alive:
+                d.callback(None)
+                fired[0] += 1
+        kept.clear()
+        gc.collect()
+        section = probe.collect()
+        assert section["created_total"] == sum(fired) + sum(dropped)
+        assert (section["fired_total"], section["unfired_collected_total"]) == (
+            sum(fired),
+            sum(dropped),
+        )
+        assert section["pending"] == 0
+    finally:
+        probe.uninstall()
+    assert errors.counts == {}

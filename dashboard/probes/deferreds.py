@@ -11,7 +11,9 @@ the Deferreds still in it are *promoted*: tracked by a weak reference stamped wi
 sweep time, per site, in creation order. That is what ``oldest`` and the ages come from;
 a weak-reference callback tells a promoted Deferred that was garbage-collected without
 ever firing (a lost result). A nursery entry that only the nursery still holds is such a
-loss too and is counted at the sweep.
+loss too and is counted at the sweep. The sweep settles its Deferreds one at a time, each
+staying in the nursery until its weak reference is in place, so one fired during the sweep
+(by the garbage collector's callbacks, or by another thread) is counted exactly once.
 
 Pending counts are exact: ``pending = created - fired - unfired_collected`` per site.
 Ages have the sweep's resolution (``sweep_interval_s``, 0.1 s by default).
@@ -35,6 +37,7 @@ from __future__ import annotations
 import functools
 import heapq
 import sys
+import threading
 import types
 import weakref
 from collections.abc import Callable
@@ -241,6 +244,7 @@ class DeferredsProbe:
         #: how the first firing is counted: "recompiled" (Twisted's ``_startRunCallbacks``
         #: with the count inside) or "wrapper" (a hook around it); set by ``install()``
         self.fire_hook = ""
+        self._sweeping = threading.Lock()
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -397,7 +401,7 @@ class DeferredsProbe:
         self._patcher.restore()
         if self._tracker is not None:  # keep its count, drop its references
             self._born_fired[0] += self._tracker.born_fired
-            self._tracker.drain()
+            self._tracker.clear_nursery()
             self._tracker = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -436,31 +440,55 @@ class DeferredsProbe:
                 self._schedule_sweep()
 
     def sweep(self) -> None:
-        """Promote the nursery's still-pending Deferreds to tracking. Reactor thread."""
+        """Promote the nursery's still-pending Deferreds to tracking. Reactor thread, except
+        when a full nursery is swept by the thread that filled it: one sweep at a time (a
+        thread that finds one running leaves it the work)."""
+        if not self._sweeping.acquire(blocking=False):
+            return
+        try:
+            self._sweep()
+        finally:
+            self._sweeping.release()
+
+    def _sweep(self) -> None:
         self._bury()
+        tracker = self._tracker
+        nursery = self._nursery
         batch: list[tuple[defer.Deferred[Any], _Site]]
-        if self._tracker is not None:
-            if not self._tracker.young:
+        if tracker is not None:
+            if not tracker.young:
                 return
-            batch = self._tracker.drain()
+            batch = tracker.young_items()
+            settle = tracker.settle
         else:
-            if not self._nursery:
+            if not nursery:
                 return
-            batch = list(self._nursery.items())
-            self._nursery.clear()
+            batch = list(nursery.items())
+
+            def settle(d: defer.Deferred[Any], ref: _TrackedRef | None) -> bool:
+                if ref is not None:
+                    d._rd_ref = ref  # type: ignore[attr-defined]
+                return nursery.pop(d, None) is not None
+
+        # Each Deferred stays in the nursery until settled, so one fired meanwhile (the
+        # collector's callbacks, another thread) is counted there; see Tracker.settle.
         try:
             now = self._clock()
             on_lost = self._graveyard.append
             for d, site in batch:
-                # References: `batch`'s tuple, the loop variable and getrefcount's argument.
-                if _getrefcount(d) <= 3:
-                    site.lost += 1
+                # References: the nursery's, `batch`'s tuple, the loop variable and
+                # getrefcount's argument: nothing else holds it, it can never fire.
+                if _getrefcount(d) <= 4:
+                    if settle(d, None):
+                        site.lost += 1
                     continue
                 ref = _TrackedRef(d, on_lost)
                 ref.since = now
                 ref.site = site
-                site.tracked.append(ref)
-                d._rd_ref = ref  # type: ignore[attr-defined]
+                if settle(d, ref):
+                    site.tracked.append(ref)
+                else:
+                    ref.since = _GONE  # it fired meanwhile: counted, not tracked
         except Exception as exc:
             self._errors.record(self.name, exc)
         finally:
