@@ -573,8 +573,9 @@ Tracker_init(Tracker *t, PyObject *args, PyObject *kwds)
         *original_start, *succeed_code, *transparent;
     Py_ssize_t nursery_limit, max_entries;
     int inline_init;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!OOOOOOO!npn", kwlist, &new_site, &SiteCountsType, &other, &on_error,
-                                     &sweep, &promoted_fired, &original_init, &original_start,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!OOOOOOO!npn", kwlist, &new_site,
+                                     &SiteCountsType, &other, &on_error, &sweep,
+                                     &promoted_fired, &original_init, &original_start,
                                      &succeed_code, &PyTuple_Type, &transparent, &nursery_limit,
                                      &inline_init, &max_entries)) {
         return -1;
