@@ -79,6 +79,15 @@ def test_page_loads_and_live_updates_change_the_numbers(
         assert later["historySamples"] >= 1 and later["historyError"] is None
         # Tables show real rows: the workload's leaking site and the hostile pool name as text.
         assert "Workload.leak" in text(page, "#sites-table")
+        # The note counts the sites listed, not every site seen (one evaluation: live updates).
+        note, listed = page.evaluate(
+            "() => [document.getElementById('sites-note').textContent,"
+            " document.querySelectorAll('#sites-table tbody tr').length]"
+        )
+        found = re.fullmatch(r"([\d,]+) pending at ([\d,]+)\+? sites? · ([\d,]+) sites seen", note)
+        assert found is not None, note
+        at, seen = (int(found[i].replace(",", "")) for i in (2, 3))
+        assert at == listed >= 1 and seen >= listed, (note, listed)
         # The stream's own figures are shown: this page's stream is one of the clients.
         assert re.search(
             r"dashboard streams [1-9]\d*/100, 0 slow dropped, 0 refused",

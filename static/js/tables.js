@@ -43,11 +43,15 @@ export function renderSites(snapshot, trends) {
     ),
   );
   fillBody(table, rows.length ? rows : [emptyRow(6, "No pending Deferreds.")]);
+  // The snapshot lists the busiest sites only: if their pending do not add up to the total,
+  // more sites hold some ("+"). `sites_total` counts every site seen, pending or not.
+  const shownPending = sites.slice(0, SHOWN_SITES).reduce((sum, s) => sum + (s.pending || 0), 0);
+  const more = shownPending < (deferreds.pending || 0) ? "+" : "";
   const total = deferreds.sites_total ?? sites.length;
   setText(
     "sites-note",
-    `${count(deferreds.pending)} pending from ${count(total)} sites` +
-      (total > rows.length ? ` · ${rows.length} shown` : ""),
+    `${count(deferreds.pending)} pending at ${count(rows.length)}${more} ` +
+      `site${rows.length === 1 && !more ? "" : "s"} · ${count(total)} sites seen`,
   );
 }
 
