@@ -31,10 +31,10 @@ _PLAIN_INIT = ["self._callbacks = []", "self._canceller = canceller", "if self.d
 HOOK = "_rd_hook"
 
 
-def _function_def(func: Callable[..., Any]) -> tuple[ast.FunctionDef, int]:
+def _function_def(func: Callable[..., Any]) -> ast.FunctionDef:
     """The parsed definition of ``func`` itself (read through its code object, never through
-    ``__wrapped__``: a wrapper's source is the wrapper's) and its first line in its file.
-    Columns stay the file's: an indented definition is parsed inside an ``if 1:``."""
+    ``__wrapped__``: a wrapper's source is the wrapper's), with its file's lines and columns
+    (an indented definition is parsed inside an ``if 1:``)."""
     if not isinstance(func, types.FunctionType):
         raise TypeError("not a Python function")
     lines, first = inspect.getsourcelines(func.__code__)
@@ -45,14 +45,14 @@ def _function_def(func: Callable[..., Any]) -> tuple[ast.FunctionDef, int]:
     if not isinstance(node, ast.FunctionDef) or node.name != func.__code__.co_name:
         raise TypeError("not a plain function definition")
     ast.increment_lineno(node, first - 2 if indented else first - 1)
-    return node, first
+    return node
 
 
 def init_is_plain(init: Callable[..., None]) -> bool:
     """Whether ``init`` (Twisted's ``Deferred.__init__``) does exactly what the probe inlines:
     set ``_callbacks`` and ``_canceller``, and call into debug info only when debugging."""
     try:
-        func, _ = _function_def(init)
+        func = _function_def(init)
         if [a.arg for a in func.args.args] != ["self", "canceller"]:
             return False
         body = func.body
@@ -134,43 +134,22 @@ def _program(code: types.CodeType) -> list[tuple[str, object, object]]:
 def with_first_fire(
     start: Callable[..., None], first_fire: Callable[[Any], object]
 ) -> Callable[..., None] | None:
-    """``start`` (Twisted's ``Deferred._startRunCallbacks``) recompiled to call
-    ``first_fire(self)`` just before its ``self.called = True``, that is on a Deferred's first
-    firing only, after the already-called checks. ``None`` when ``start`` is not a plain
-    function with its source at hand and exactly one top-level ``self.called = True``: the
-    caller then wraps it instead."""
-
-    def edit(body: list[ast.stmt]) -> bool:
-        marks = [i for i, stmt in enumerate(body) if _is_called_true(stmt)]
-        if len(marks) != 1:
-            return False
-        body.insert(marks[0], ast.copy_location(_call_hook(), body[marks[0]]))
-        return True
-
-    return _recompiled(start, edit, first_fire)
-
-
-def _call_hook() -> ast.stmt:
-    """``_rd_hook(self)``."""
-    return ast.Expr(ast.Call(ast.Name(HOOK, ast.Load()), [ast.Name("self", ast.Load())], []))
-
-
-def _recompiled(
-    method: Callable[..., None],
-    edit: Callable[[list[ast.stmt]], bool],
-    hook: Callable[[Any], object],
-) -> Callable[..., None] | None:
-    """``method`` compiled again from its source after ``edit`` changed its body (in place;
-    False: declined), with ``hook`` bound to the closure name the edit calls. It runs in
-    the original's module globals, read live, under its file name, lines and columns (an
-    added statement takes its neighbour's). ``None`` where that cannot be done alike: no
-    source, a source on disk that is not the code running (compiled unedited first and
-    compared), or a shape that would compile differently."""
-    if not isinstance(method, types.FunctionType) or method.__closure__:
+    """``start`` (Twisted's ``Deferred._startRunCallbacks``) compiled again from its source
+    with ``first_fire(self)`` called just before its ``self.called = True``, that is on a
+    Deferred's first firing only, after the already-called checks. It runs in the original's
+    module globals, read live, under its file name, lines and columns (the added call takes
+    its neighbour's). ``None`` where that cannot be done alike, and the caller wraps ``start``
+    instead: no source; a source on disk that is not the code running (compiled unedited
+    first and compared); a shape that would compile differently outside its class; not
+    exactly one top-level ``self.called = True``."""
+    if not isinstance(start, types.FunctionType) or start.__closure__:
         return None
     try:
-        func, _ = _function_def(method)
+        func = _function_def(start)
         if not _compiles_alike_outside_its_class(func):
+            return None
+        marks = [i for i, stmt in enumerate(func.body) if _is_called_true(stmt)]
+        if len(marks) != 1:
             return None
         # defaults and annotations are the original's objects, never evaluated again
         func.args.defaults = []
@@ -181,18 +160,18 @@ def _recompiled(
             if rest is not None:
                 rest.annotation = None
         func.returns = None
-        unedited = _compiled(method, copy.deepcopy(func), hook)
-        if _program(unedited.__code__) != _program(method.__code__):
+        unedited = _compiled(start, copy.deepcopy(func), first_fire)
+        if _program(unedited.__code__) != _program(start.__code__):
             return None  # the file changed since it was imported, or compiles otherwise
-        if not edit(func.body):
-            return None
-        new = _compiled(method, func, hook)
+        call = ast.Expr(ast.Call(ast.Name(HOOK, ast.Load()), [ast.Name("self", ast.Load())], []))
+        func.body.insert(marks[0], ast.copy_location(call, func.body[marks[0]]))
+        new = _compiled(start, func, first_fire)
     except Exception:  # whatever the source holds, the caller falls back to a wrapper
         return None
-    new.__defaults__ = method.__defaults__
-    new.__kwdefaults__ = method.__kwdefaults__
-    new.__annotations__ = dict(method.__annotations__)
-    new.__doc__ = method.__doc__
+    new.__defaults__ = start.__defaults__
+    new.__kwdefaults__ = start.__kwdefaults__
+    new.__annotations__ = dict(start.__annotations__)
+    new.__doc__ = start.__doc__
     result: Callable[..., None] = new
     return result
 

@@ -28,8 +28,10 @@ from typing import Any, Protocol
 #: ``struct tcp_info`` offsets (linux/tcp.h): state u8 at 0, last_data_recv u32 at 52,
 #: bytes_acked u64 at 120, bytes_received u64 at 128 (Linux 4.1 and later).
 _LAST_DATA_RECV = struct.Struct("=I")
+_LAST_DATA_RECV_AT = 52
 _BYTES = struct.Struct("=QQ")
-_INFO_SIZE = 136
+_BYTES_AT = 120
+_INFO_SIZE = _BYTES_AT + _BYTES.size
 _INT = struct.Struct("=i")
 _INT_BUFFER = bytes(_INT.size)
 
@@ -41,7 +43,7 @@ _OWN_FIN = frozenset({_FIN_WAIT1, _FIN_WAIT2, _TIME_WAIT, _LAST_ACK, _CLOSING})
 #: States in which the peer's FIN arrived.
 _PEER_FIN = frozenset({_TIME_WAIT, _CLOSE_WAIT, _LAST_ACK, _CLOSING})
 #: ``tcpi_bytes_acked`` and ``tcpi_bytes_received``, compared to see whether they moved.
-_COUNTERS = slice(120, 136)
+_COUNTERS = slice(_BYTES_AT, _BYTES_AT + _BYTES.size)
 #: Reads of the queues between two equal reads of the counters, before settling for a lower
 #: bound.
 _ATTEMPTS = 3
@@ -119,12 +121,12 @@ def refresh(entry: Counted, sock: Any, now: float, *, active_open: bool) -> None
             break
     # ``info`` was read just before the queues used.
     state = info[0]
-    acked, received = _BYTES.unpack_from(info, 120)
+    acked, received = _BYTES.unpack_from(info, _BYTES_AT)
     # A CLOSE socket reached it with both FINs exchanged, or by a reset (then 1 byte low).
     bytes_in = received - unread - (state in _PEER_FIN or state == _CLOSE)
     bytes_out = acked + unacked - active_open - (state in _OWN_FIN or state == _CLOSE)
     entry.bytes_in = max(entry.bytes_in, bytes_in)
     entry.bytes_out = max(entry.bytes_out, bytes_out)
     if state != _SYN_SENT and (state != _CLOSE or received > 0):
-        last_in = now - _LAST_DATA_RECV.unpack_from(info, 52)[0] / 1000.0
+        last_in = now - _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)[0] / 1000.0
         entry.last_in = max(entry.last_in, last_in)
