@@ -32,9 +32,10 @@
 #endif
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
-#define ACCEL_ABI 8
+#define ACCEL_ABI 9
 
-static PyObject *s_callbacks, *s_canceller_attr, *s_debug, *s_rd_ref, *s_called;
+static PyObject *s_callbacks, *s_canceller_attr, *s_debug, *s_rd_ref, *s_called, *s_gi_code,
+    *s_cr_code;
 
 /* ---------------------------------------------------------------------------------------
  * SiteCounts: the counters of one creation site, a base class for the probe's _Site.
@@ -89,6 +90,12 @@ typedef struct {
     PyObject *original_start;
     PyObject *succeed_code;
     PyObject *transparent; /* tuple of code objects, held for the pointer set */
+    /* An inlineCallbacks function used as a callback: when the walk from a new Deferred
+     * passes a frame of `generator_code` (whose first local is the generator it drives) and
+     * then reaches one of `run_callbacks_code` (Deferred._runCallbacks), the Deferred is sited
+     * at that generator's function. NULL: not done (another shape of Twisted). */
+    PyObject *generator_code;
+    PyObject *run_callbacks_code;
     PyCodeObject **tset;   /* open-addressing pointer set over `transparent` */
     size_t tmask;
     SiteEntry *sites; /* open-addressing table (code, lasti) -> site */
@@ -355,7 +362,9 @@ site_for(Tracker *t, PyCodeObject *code, int lasti)
     if (t->sused >= t->max_entries) {
         return t->other; /* bounded: past it, unseen instructions count as "other" */
     }
-    int lineno = PyCode_Addr2Line(code, lasti * (int)sizeof(_Py_CODEUNIT));
+    /* lasti -1 keys a function as a whole (an inlineCallbacks function used as a callback) */
+    int lineno = lasti < 0 ? code->co_firstlineno
+                           : PyCode_Addr2Line(code, lasti * (int)sizeof(_Py_CODEUNIT));
     PyObject *site = PyObject_CallFunction(t->new_site, "Oi", (PyObject *)code, lineno);
     if (site == NULL) {
         return NULL;
@@ -423,6 +432,37 @@ first_complete(_PyInterpreterFrame *f)
     return f;
 }
 
+/* The site of the function whose generator (or coroutine) `driving` drives, keyed by its code
+ * and -1: *site borrowed, or left NULL when the frame holds no generator. -1 on error. Only
+ * for a Deferred made by an inlineCallbacks function used as a callback (not a hot path). */
+static int
+generator_site(Tracker *t, _PyInterpreterFrame *driving, PyObject **site)
+{
+    PyObject *gen = driving->localsplus[0];
+    PyObject *name = NULL;
+    if (gen == NULL) {
+        return 0;
+    }
+    if (PyGen_CheckExact(gen)) {
+        name = s_gi_code;
+    }
+    else if (PyCoro_CheckExact(gen)) {
+        name = s_cr_code;
+    }
+    else {
+        return 0;
+    }
+    PyObject *code = PyObject_GetAttr(gen, name);
+    if (code == NULL) {
+        return -1;
+    }
+    if (PyCode_Check(code)) {
+        *site = site_for(t, (PyCodeObject *)code, -1);
+    }
+    Py_DECREF(code);
+    return *site == NULL && PyErr_Occurred() ? -1 : 0;
+}
+
 /* Count a new Deferred at its creation site and put it in the nursery. 0, or -1 with a
  * non-Exception error set (see report_error). */
 static int
@@ -435,13 +475,29 @@ track_new(Tracker *t, PyObject *deferred)
         t->born_fired++; /* succeed(): created fired, never pending: counted, not located */
         return 0;
     }
+    _PyInterpreterFrame *driving = NULL; /* the frame that drives an inlineCallbacks generator */
+    site = NULL;
     while (f != NULL && is_transparent(t, f->f_code)) {
+        PyObject *code = (PyObject *)f->f_code;
+        if (code == t->generator_code) {
+            driving = f;
+        }
+        else if (code == t->run_callbacks_code && driving != NULL) {
+            /* made by an inlineCallbacks function that is itself a callback: its site is that
+             * function, not the code that fired the Deferred it was added to */
+            if (generator_site(t, driving, &site) < 0) {
+                return report_error(t->on_error);
+            }
+            if (site != NULL) {
+                break;
+            }
+        }
         f = first_complete(f->previous);
     }
-    if (f == NULL) {
+    if (site == NULL && f == NULL) {
         site = t->other;
     }
-    else {
+    else if (site == NULL) {
         site = site_for(t, f->f_code, _PyInterpreterFrame_LASTI(f));
         if (site == NULL) {
             return report_error(t->on_error);
@@ -527,6 +583,8 @@ Tracker_traverse(Tracker *t, visitproc visit, void *arg)
     Py_VISIT(t->original_start);
     Py_VISIT(t->succeed_code);
     Py_VISIT(t->transparent);
+    Py_VISIT(t->generator_code);
+    Py_VISIT(t->run_callbacks_code);
     if (t->sites != NULL) {
         for (size_t i = 0; i <= t->smask; i++) {
             Py_VISIT(t->sites[i].site);
@@ -548,6 +606,8 @@ Tracker_clear(Tracker *t)
     Py_CLEAR(t->original_start);
     Py_CLEAR(t->succeed_code);
     Py_CLEAR(t->transparent);
+    Py_CLEAR(t->generator_code);
+    Py_CLEAR(t->run_callbacks_code);
     clear_sites(t);
     PyMem_Free(t->tset);
     t->tset = NULL;
@@ -565,19 +625,27 @@ Tracker_dealloc(Tracker *t)
 static int
 Tracker_init(Tracker *t, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"new_site",      "other",          "on_error",
-                             "sweep",         "promoted_fired", "original_init", "original_start",
-                             "succeed_code",  "transparent",    "nursery_limit", "inline_init",
-                             "max_entries",   NULL};
+    static char *kwlist[] = {"new_site",       "other",          "on_error",
+                             "sweep",          "promoted_fired", "original_init",
+                             "original_start", "succeed_code",   "transparent",
+                             "nursery_limit",  "inline_init",    "max_entries",
+                             "generator_code", "run_callbacks_code", NULL};
     PyObject *new_site, *other, *on_error, *sweep, *promoted_fired, *original_init,
-        *original_start, *succeed_code, *transparent;
+        *original_start, *succeed_code, *transparent, *generator_code,
+        *run_callbacks_code;
     Py_ssize_t nursery_limit, max_entries;
     int inline_init;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!OOOOOOO!npn", kwlist, &new_site,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!OOOOOOO!npnOO", kwlist, &new_site,
                                      &SiteCountsType, &other, &on_error, &sweep,
                                      &promoted_fired, &original_init, &original_start,
                                      &succeed_code, &PyTuple_Type, &transparent, &nursery_limit,
-                                     &inline_init, &max_entries)) {
+                                     &inline_init, &max_entries, &generator_code,
+                                     &run_callbacks_code)) {
+        return -1;
+    }
+    if ((generator_code != Py_None && !PyCode_Check(generator_code)) ||
+        (run_callbacks_code != Py_None && !PyCode_Check(run_callbacks_code))) {
+        PyErr_SetString(PyExc_TypeError, "generator_code and run_callbacks_code: code or None");
         return -1;
     }
     if (nursery_limit < 1 || max_entries < 0) {
@@ -619,6 +687,10 @@ Tracker_init(Tracker *t, PyObject *args, PyObject *kwds)
     t->original_start = Py_NewRef(original_start);
     t->succeed_code = Py_NewRef(succeed_code);
     t->transparent = Py_NewRef(transparent);
+    if (generator_code != Py_None && run_callbacks_code != Py_None) {
+        t->generator_code = Py_NewRef(generator_code);
+        t->run_callbacks_code = Py_NewRef(run_callbacks_code);
+    }
     t->nursery_limit = nursery_limit;
     t->max_entries = (size_t)max_entries;
     t->inline_init = inline_init;
@@ -696,6 +768,58 @@ Tracker_settle(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* site_of(deferred): its site while it is in the nursery, else None. */
+static PyObject *
+Tracker_site_of(Tracker *t, PyObject *deferred)
+{
+    if (t->young == NULL) {
+        Py_RETURN_NONE;
+    }
+    size_t i = ptr_hash(deferred, 0) & t->ymask;
+    for (;;) {
+        PyObject *d = t->young[i].deferred;
+        if (d == NULL) {
+            Py_RETURN_NONE;
+        }
+        if (d == deferred) {
+            return Py_NewRef(t->young[i].site);
+        }
+        i = (i + 1) & t->ymask;
+    }
+}
+
+/* resite(deferred, site): give a nursery Deferred another site; its old site, or None if it
+ * is not in the nursery (nothing changed). The caller moves the counts. Allocates nothing. */
+static PyObject *
+Tracker_resite(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "resite(deferred, site) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *deferred = args[0], *site = args[1];
+    if (!PyObject_TypeCheck(site, &SiteCountsType)) {
+        PyErr_SetString(PyExc_TypeError, "resite(): site must be a SiteCounts");
+        return NULL;
+    }
+    if (t->young == NULL) {
+        Py_RETURN_NONE;
+    }
+    size_t i = ptr_hash(deferred, 0) & t->ymask;
+    for (;;) {
+        PyObject *d = t->young[i].deferred;
+        if (d == NULL) {
+            Py_RETURN_NONE;
+        }
+        if (d == deferred) {
+            PyObject *old = t->young[i].site; /* the table's reference becomes the caller's */
+            t->young[i].site = Py_NewRef(site);
+            return old;
+        }
+        i = (i + 1) & t->ymask;
+    }
+}
+
 static PyObject *
 Tracker_clear_nursery(Tracker *t, PyObject *Py_UNUSED(ignored))
 {
@@ -709,6 +833,10 @@ static PyMethodDef Tracker_methods[] = {
     {"settle", (PyCFunction)(void (*)(void))Tracker_settle, METH_FASTCALL,
      "settle(deferred, ref | None) -> bool: set its _rd_ref, then take it out of the nursery; "
      "False if it had left (fired meanwhile)."},
+    {"site_of", (PyCFunction)Tracker_site_of, METH_O,
+     "site_of(deferred) -> site | None: its site while in the nursery."},
+    {"resite", (PyCFunction)(void (*)(void))Tracker_resite, METH_FASTCALL,
+     "resite(deferred, site) -> old site | None: give a nursery Deferred another site."},
     {"clear_nursery", (PyCFunction)Tracker_clear_nursery, METH_NOARGS,
      "clear_nursery(): drop the nursery's references (uninstall; allocates nothing)."},
     {"hook", (PyCFunction)Tracker_hook, METH_O,
@@ -1686,6 +1814,8 @@ PyInit__accel(void)
         !(s_debug = PyUnicode_InternFromString("debug")) ||
         !(s_rd_ref = PyUnicode_InternFromString("_rd_ref")) ||
         !(s_called = PyUnicode_InternFromString("called")) ||
+        !(s_gi_code = PyUnicode_InternFromString("gi_code")) ||
+        !(s_cr_code = PyUnicode_InternFromString("cr_code")) ||
         !(s_pending_timed_calls = PyUnicode_InternFromString("_pendingTimedCalls")) ||
         !(s_time = PyUnicode_InternFromString("time")) ||
         !(s_sum_s = PyUnicode_InternFromString("sum_s")) ||

@@ -12,7 +12,7 @@ import os
 import types
 
 #: Must equal ``ACCEL_ABI`` in _accel.c: bumped whenever the module's interface changes.
-ABI = 8
+ABI = 9
 #: Set to 0 to run the pure-Python paths even where the accelerator is built.
 ENV = "REACTOR_DASHBOARD_ACCEL"
 

@@ -7,6 +7,11 @@ dashboard is served on 127.0.0.1, and only then does the program's own code run,
 (``__name__ == "__main__"``, ``sys.argv`` as the program expects). So every Deferred,
 connection and pool the program makes is seen from its first line.
 
+A program that installs its own reactor gets it when it did not use the default one yet: the
+dashboard moves to it (:mod:`dashboard.reactor_choice`). Under trial, the janitor that cleans
+the reactor after each test leaves the dashboard's timers and port alone
+(:mod:`dashboard.janitor_shield`).
+
 Everything here runs on the main thread, before and around the program's ``reactor.run()``.
 """
 
@@ -23,10 +28,12 @@ from types import TracebackType
 from typing import Any
 
 import attrs
-from twisted.python.failure import Failure
+
+from dashboard.attachment import PROG, Attachment
+from dashboard.attachment import RunUsageError as RunUsageError  # part of this module's API
+from dashboard.reactor_choice import ReactorChoice
 
 DEFAULT_PORT = 8089
-PROG = "reactor-dashboard run"
 #: Environment variables read when ``--token`` / ``--metrics-token`` are not given.
 TOKEN_ENV = "REACTOR_DASHBOARD_TOKEN"
 METRICS_TOKEN_ENV = "REACTOR_DASHBOARD_METRICS_TOKEN"
@@ -42,9 +49,9 @@ address is printed on stderr).
 options (before the program; everything after it is the program's own):
   --port P         dashboard port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)
   --reactor NAME   install this reactor instead of the default one (e.g. asyncio, select,
-                   poll, epoll). The reactor is installed before the program runs, so a
-                   program that installs its own (or twist's --reactor) must not: give the
-                   name here instead.
+                   poll, epoll). Without it, a program that installs its own reactor
+                   (Scrapy, twist --reactor) gets it and the dashboard moves to it, as long
+                   as the program has not used the default one yet.
   --token T        require this token (16+ characters) for the dashboard: the page takes
                    ?token=T once, the API and the stream "Authorization: Bearer T".
                    Default: ${TOKEN_ENV} (prefer it: a command line is visible to
@@ -53,15 +60,6 @@ options (before the program; everything after it is the program's own):
   -m module        run a module as ``python -m module`` does (e.g. -m twisted web --path .)
   -h, --help       show this help
 """
-
-
-class RunUsageError(Exception):
-    """Bad usage of ``run``: reported as one line on stderr, exit status 2. ``show_help``
-    adds a pointer to ``--help`` (for mistakes on the command line itself)."""
-
-    def __init__(self, message: str, *, show_help: bool = True) -> None:
-        super().__init__(message)
-        self.show_help = show_help
 
 
 @attrs.frozen
@@ -220,30 +218,6 @@ def install_reactor(name: str | None) -> Any:
         raise RunUsageError(f"--reactor: {name!r} is not available here: {exc}") from None
 
 
-def serve_dashboard(reactor: Any, monitor: Any, port: int) -> Any:
-    """Listen on 127.0.0.1:``port`` now (before the reactor runs); the listening port.
-
-    TCP endpoints listen synchronously, so a port in use is known here, before the program
-    starts, and becomes a :class:`RunUsageError`.
-    """
-    outcome: list[Any] = []
-    monitor.listen(port).addBoth(outcome.append)
-    if not outcome:
-        raise RunUsageError(
-            f"the dashboard did not start listening on 127.0.0.1:{port}", show_help=False
-        )
-    result = outcome[0]
-    if isinstance(result, Failure):
-        reason = getattr(result.value, "socketError", None)
-        message = reason.strerror if isinstance(reason, OSError) else None
-        raise RunUsageError(
-            f"cannot serve the dashboard on 127.0.0.1:{port}:"
-            f" {message or result.getErrorMessage()} (choose another with --port)",
-            show_help=False,
-        )
-    return result
-
-
 @contextmanager
 def program_environment(argv: list[str], path_entry: str | None) -> Iterator[None]:
     """``sys.argv`` and ``sys.path[0]`` as ``python`` would give the program; restored after."""
@@ -282,8 +256,9 @@ def run(options: RunOptions) -> int:
 
     Returns the exit status (0 when the program returns normally, 1 after an uncaught
     exception, whose traceback is printed from the program's first frame); the program's
-    ``SystemExit`` propagates unchanged. The monitor stops at reactor shutdown, or when the
-    program ends without running the reactor.
+    ``SystemExit`` propagates unchanged. A program that installs its own reactor gets it, or
+    is told in one line which ``--reactor`` to pass (:mod:`dashboard.reactor_choice`). The
+    monitor stops at reactor shutdown, or when the program ends without running the reactor.
     """
     if options.script is not None:
         check_script(options.script)
@@ -292,16 +267,14 @@ def run(options: RunOptions) -> int:
     except ValueError as exc:
         raise RunUsageError(str(exc)) from None
     reactor = install_reactor(options.reactor_name)
-    from dashboard.monitor import Monitor
-
-    monitor = Monitor(reactor, **access)
-    monitor.start()
+    attachment = Attachment(access)
+    attachment.start(reactor)
+    choice = ReactorChoice(attachment, may_follow=options.reactor_name is None)
     try:
         if options.module is not None:
             check_module(options.module)
-        listening = serve_dashboard(reactor, monitor, options.port)
-        reactor.addSystemEventTrigger("after", "shutdown", monitor.stop)
-        port = listening.getHost().port
+        port = attachment.serve(options.port)
+        choice.install()
         reactor_kind = type(reactor).__name__
         print(
             f"reactor-dashboard: dashboard on http://127.0.0.1:{port}/"
@@ -319,18 +292,22 @@ def run(options: RunOptions) -> int:
         try:
             execute(options)
         except Exception as exc:
-            return report_program_failure(exc, reactor)
+            return report_program_failure(exc, attachment.reactor, choice.refused)
         return 0
     finally:
-        monitor.stop()  # already done at reactor shutdown, unless the reactor never ran
+        choice.uninstall()
+        attachment.stop()  # already done at reactor shutdown, unless the reactor never ran
 
 
-def report_program_failure(exc: Exception, reactor: Any) -> int:
+def report_program_failure(exc: Exception, reactor: Any, refused: str | None = None) -> int:
     """Print an uncaught exception of the program as ``python`` would (without this
-    wrapper's frames) and return the status ``python`` exits with."""
+    wrapper's frames) and return the status ``python`` exits with. A failed reactor install
+    is one line (``refused``, already printed, when the choice refused it)."""
     from twisted.internet.error import ReactorAlreadyInstalledError
 
     if isinstance(exc, ReactorAlreadyInstalledError):
+        if refused is not None:
+            return 2
         print(
             f"{PROG}: the program installs its own reactor, but {type(reactor).__name__} was"
             " installed before it ran: give the reactor to reactor-dashboard instead"

@@ -10,8 +10,14 @@ replaces the dots with underscores and appends the unit and ``_total`` for count
 (``twisted_deferreds_created_total``, ``twisted_process_cpu_seconds_total``).
 
 Label cardinality is bounded: creation sites are cut to the ``top_sites`` with the most pending
-Deferreds, the rest summed under ``site="other"``; pools are bounded by the pools probe (50 per
-kind plus one summed entry, 100 of users'); every other label has a fixed set of values.
+Deferreds, the rest summed under ``site="other"``; sites that lost Deferreds are the probe's
+``lost_sites`` (at most 20, newest loss first), cut to ``top_sites`` too; pools are bounded by
+the pools probe (50 per kind plus one summed entry, 100 of users'); every other label has a
+fixed set of values.
+
+The program's figures exclude the dashboard's own work (its Deferreds, connections, port and
+delayed calls, the snapshot's ``own`` keys); those are published apart under
+``twisted.monitor.*`` names, so a sum over the program's families never counts the dashboard.
 
 Pure functions of data: any thread may call them.
 """
@@ -78,6 +84,23 @@ FIGURES: tuple[Figure, ...] = (
         "",
         ("probe",),
     ),
+    # the monitor's own work, apart from the program's figures
+    Figure(
+        "twisted.monitor.deferreds.pending",
+        _G,
+        "The dashboard's own Deferreds created and not yet fired (not in the program's).",
+    ),
+    Figure("twisted.monitor.deferreds.created", _C, "The dashboard's own Deferreds created."),
+    Figure(
+        "twisted.monitor.connections.open",
+        _G,
+        "Connections accepted on the dashboard's own port (not in the program's).",
+    ),
+    Figure(
+        "twisted.monitor.delayed_calls",
+        _G,
+        "The dashboard's own pending delayed calls (not in the program's).",
+    ),
     # loop
     Figure(
         "twisted.reactor.busy",
@@ -119,6 +142,24 @@ FIGURES: tuple[Figure, ...] = (
         "",
         ("site",),
     ),
+    Figure(
+        "twisted.deferreds.unfired_collected_by_site",
+        _C,
+        "Deferreds garbage-collected without ever firing, by creation site (the sites that "
+        "lost one most recently).",
+        "",
+        ("site",),
+    ),
+    Figure(
+        "twisted.deferreds.cancelled",
+        _C,
+        "Deferreds the program cancelled outside any delayed call (not timeouts).",
+    ),
+    Figure(
+        "twisted.deferreds.loop_pending",
+        _G,
+        "Pending Deferreds of running LoopingCalls (long-lived by design, not stuck work).",
+    ),
     # connections
     Figure(
         "twisted.connections.open",
@@ -152,6 +193,13 @@ FIGURES: tuple[Figure, ...] = (
         "twisted.pool.max",
         _G,
         "The most resources a pool hands out at once (absent when unbounded or per host).",
+        "",
+        ("pool", "kind"),
+    ),
+    Figure(
+        "twisted.pool.max_per_host",
+        _G,
+        "Idle connections an HTTP pool keeps per host (in use is unbounded).",
         "",
         ("pool", "kind"),
     ),
@@ -220,8 +268,28 @@ def _label(value: Any) -> str:
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
 
 
+def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """``data[name]`` when it is a mapping, else an empty one (missing, or its probe failed)."""
+    section = data.get(name)
+    return section if isinstance(section, Mapping) else {}
+
+
+def _own(out: FigureValues, data: Mapping[str, Any]) -> None:
+    """The dashboard's own work (the ``own`` keys), under ``twisted.monitor.*``."""
+    deferreds = _section(_section(data, "deferreds"), "own")
+    _put(out, "twisted.monitor.deferreds.pending", deferreds.get("pending"))
+    _put(out, "twisted.monitor.deferreds.created", deferreds.get("created_total"))
+    _put(
+        out,
+        "twisted.monitor.connections.open",
+        _section(_section(data, "connections"), "own").get("open"),
+    )
+    _put(out, "twisted.monitor.delayed_calls", _section(data, "timeouts").get("own_calls"))
+
+
 def _monitor(out: FigureValues, data: Mapping[str, Any]) -> None:
     _put(out, "twisted.monitor.last_sample_timestamp", data.get("time"))
+    _own(out, data)
     errors = data.get("errors")
     if not isinstance(errors, Mapping):
         return
@@ -265,6 +333,33 @@ def _deferreds(out: FigureValues, section: Mapping[str, Any], top_sites: int) ->
     for site, value in shown:
         _put(out, "twisted.deferreds.pending_by_site", value, (site,))
     _put(out, "twisted.deferreds.pending_by_site", other, ("other",))
+    _lost_sites(out, section, top_sites)
+    loops = section.get("loops")
+    if isinstance(loops, Mapping):
+        _put(out, "twisted.deferreds.loop_pending", loops.get("pending"))
+
+
+def _lost_sites(out: FigureValues, section: Mapping[str, Any], top_sites: int) -> None:
+    """Each listed site's unfired-collected count. No ``other``: a site leaving the list
+    would make it jump, read as a counter reset by ``rate()``; the unlabelled
+    ``twisted_deferreds_unfired_collected_total`` holds every loss."""
+    lost = section.get("lost_sites")
+    if not isinstance(lost, list):
+        return
+    seen: set[str] = set()
+    for row in lost:
+        if not isinstance(row, Mapping) or len(seen) >= max(0, top_sites):
+            continue
+        site = _label(row.get("site"))
+        if site in seen:  # two names cut to the same label: keep the first (newest)
+            continue
+        seen.add(site)
+        _put(
+            out,
+            "twisted.deferreds.unfired_collected_by_site",
+            row.get("unfired_collected_total"),
+            (site,),
+        )
 
 
 def _connections(out: FigureValues, section: Mapping[str, Any]) -> None:
@@ -295,6 +390,7 @@ def _pools(out: FigureValues, pools: list[Any]) -> None:
         # An HTTP pool's max is per destination: in_use / max over the pool would mislead.
         if pool.get("max_scope") != "per_key":
             _put(out, "twisted.pool.max", pool.get("max"), labels)
+        _put(out, "twisted.pool.max_per_host", pool.get("max_per_host"), labels)
 
 
 def _timeouts(out: FigureValues, section: Mapping[str, Any]) -> None:
@@ -302,6 +398,7 @@ def _timeouts(out: FigureValues, section: Mapping[str, Any]) -> None:
     _put(out, "twisted.delayed_calls.overdue", section.get("overdue_calls"))
     for kind, count in sorted((section.get("fired_total") or {}).items()):
         _put(out, "twisted.timeouts", count, (_label(kind),))
+    _put(out, "twisted.deferreds.cancelled", section.get("cancelled_total"))
 
 
 def _process(out: FigureValues, section: Mapping[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
@@ -21,7 +22,9 @@ from dashboard.probes.deferreds import DeferredsProbe
 from dashboard.probes.loop import LoopProbe
 from dashboard.probes.pools import PoolsProbe, TrackablePool
 from dashboard.probes.process import ProcessProbe
+from dashboard.probes.stack_owner import path_list
 from dashboard.probes.timeouts import TimeoutsProbe
+from dashboard.redact import Redactor, param_names
 from dashboard.web.binding import loopback_endpoint
 from dashboard.web.guard import host_names
 from dashboard.web.sse import EventHub
@@ -70,6 +73,17 @@ class Sample:
         return f"Sample(seq={self.seq}, time={self.time}, {len(self.encoded)} bytes)"
 
 
+def _serving_deferreds(events: EventHub | None) -> list[Any]:
+    """The Deferreds Twisted and Klein hold while the dashboard serves its open event streams
+    (each request's ``notifyFinish`` ones): the dashboard's own, not the program's. Called by
+    the Deferred probe at collect time; reactor thread."""
+    if events is None:
+        return []
+    return [
+        d for stream in list(events.streams) for d in getattr(stream.request, "notifications", ())
+    ]
+
+
 class MonitorAlreadyRunning(RuntimeError):
     """Raised by ``start()`` when another Monitor in this process is already started."""
 
@@ -103,8 +117,18 @@ class Monitor:
     token: str | None = attrs.field(default=None, kw_only=True, repr=False)
     metrics_token: str | None = attrs.field(default=None, kw_only=True, repr=False)
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=host_names)
+    #: path prefixes (with a ``/``) or module names counted as library code when a block is
+    #: named by the program's own line (``loop.blocks[].where``); ``user_paths`` claims code
+    #: back (your own package installed in site-packages). See dashboard.probes.stack_owner.
+    library_paths: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=path_list)
+    user_paths: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=path_list)
+    #: query parameter names whose values are hidden, added to the defaults (token,
+    #: password, secret, key, signature, session, code...; see dashboard.redact)
+    redact_params: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=param_names)
 
     errors: ProbeErrors = attrs.field(factory=ProbeErrors, init=False)
+    #: hides credentials in every URL shown (``redact_params`` included)
+    redactor: Redactor = attrs.field(init=False)
     deferreds: DeferredsProbe = attrs.field(init=False)
     connections: ConnectionsProbe = attrs.field(init=False)
     pools: PoolsProbe = attrs.field(init=False)
@@ -144,8 +168,9 @@ class Monitor:
             top_sites=self.top_sites,
             oldest=self.oldest_deferreds,
         )
+        self.redactor = Redactor(self.redact_params)
         self.connections = ConnectionsProbe(
-            self.reactor, self.errors, clock, top_n=self.top_connections
+            self.reactor, self.errors, clock, top_n=self.top_connections, redactor=self.redactor
         )
         self.pools = PoolsProbe(self.reactor, self.errors, clock)
         self.loop = LoopProbe(
@@ -154,12 +179,19 @@ class Monitor:
             clock,
             block_threshold_ms=self.block_threshold_ms,
             window_s=window_s,
+            library_paths=self.library_paths,
+            user_paths=self.user_paths,
         )
-        self.timeouts = TimeoutsProbe(self.reactor, self.errors, clock, loop=self.loop)
+        self.timeouts = TimeoutsProbe(
+            self.reactor, self.errors, clock, loop=self.loop, deferreds=self.deferreds
+        )
         self.process = ProcessProbe(self.errors)
         if self.max_sse_clients < 1:
             raise ValueError(f"max_sse_clients must be >= 1, got {self.max_sse_clients!r}")
         self.events = EventHub(self, max_clients=self.max_sse_clients)
+        # weakly: a probe's hooks may outlive its stop() on the stack, the monitor must not
+        events = weakref.ref(self.events)
+        self.deferreds.serving = lambda: _serving_deferreds(events())
 
     @property
     def probes(self) -> tuple[Probe, ...]:
@@ -242,7 +274,16 @@ class Monitor:
                 self._timer = self.reactor.callLater(self.interval, self._tick)
 
     def snapshot(self) -> JSONDict:
-        """Collect every probe now (not stored in the history). Reactor thread only."""
+        """Collect every probe now (not stored in the history). Reactor thread only.
+
+        It moves no baseline the sampler measures: figures over an interval (busy share, CPU
+        percent, the latest lag) cover the time since the newest stored sample, and the next
+        stored sample is what it would have been without this call."""
+        return self._collect(close_interval=False)
+
+    def _collect(self, *, close_interval: bool) -> JSONDict:
+        """Every probe's section: ``collect()`` (closing the interval: the sampler's read) or,
+        for a probe that has one, ``peek()`` (closing nothing)."""
         self._switch_off_failing()
         data: JSONDict = {
             "seq": self._seq,
@@ -255,7 +296,8 @@ class Monitor:
                 data[probe.name] = None
                 continue
             try:
-                data[probe.name] = probe.collect()
+                read = probe.collect if close_interval else getattr(probe, "peek", probe.collect)
+                data[probe.name] = read()
             except Exception as exc:
                 self.errors.record(probe.name, exc)
                 data[probe.name] = None
@@ -283,7 +325,7 @@ class Monitor:
     def sample(self) -> Sample:
         """Take the next snapshot into the history ring and hand it to every subscriber."""
         self._seq += 1
-        data = self.snapshot()
+        data = self._collect(close_interval=True)
         encoded = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         sample = Sample(seq=self._seq, time=data["time"], data=data, encoded=encoded)
         if self._samples:
@@ -359,6 +401,7 @@ class Monitor:
         description = loopback_endpoint(endpoint, allow_remote=allow_remote)
         warn_if_exposed(description, token_set=self.token is not None)
         site = QuietSite(self.resource())
+        self.connections.mark_own(site)  # its port and connections: the dashboard's own
         port: Deferred[IListeningPort] = serverFromString(self.reactor, description).listen(site)
         return port
 

@@ -132,6 +132,8 @@ def test_after_a_5s_block_the_dashboard_tells_the_truth(server: BlockServer) -> 
     stack = block["stack"]
     # Innermost last: the frame that was sleeping on the reactor thread.
     assert "block_server.py" in stack[-1] and stack[-1].endswith("in blocking_call"), stack
+    # Named by the program's own line, and the program's (not the dashboard's) block.
+    assert block["where"] == stack[-1] and block["owner"] == "program", block
     assert loop["lag_ms"]["max"] >= BLOCK_S * 1000, loop["lag_ms"]
     assert after["errors"]["total"] == 0, after["errors"]
     assert after["reactor"] == server.reactor_class

@@ -88,11 +88,13 @@ def test_page_loads_and_live_updates_change_the_numbers(
         assert found is not None, note
         at, seen = (int(found[i].replace(",", "")) for i in (2, 3))
         assert at == listed >= 1 and seen >= listed, (note, listed)
-        # The stream's own figures are shown: this page's stream is one of the clients.
+        # The stream's own figures are on the dashboard's own line, not in the program's
+        # connections: this page's stream is one of the clients.
         assert re.search(
-            r"dashboard streams [1-9]\d*/100, 0 slow dropped, 0 refused",
-            text(page, "#connections-note"),
+            r"[1-9]\d*/100 event streams, 0 slow dropped, 0 refused",
+            text(page, "#own-work-text"),
         )
+        assert "event streams" not in text(page, "#connections-note")
         assert MARKUP_POOL_NAME in text(page, "#pools-table")
         assert page.evaluate("() => window.__xss") is None
         assert page.locator("#pools-table img").count() == 0

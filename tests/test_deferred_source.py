@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 
 from dashboard.probes import deferreds
 from dashboard.probes.base import ProbeErrors
-from dashboard.probes.deferred_source import with_first_fire
+from dashboard.probes.deferred_source import bind_first_fire, with_first_fire
 from dashboard.probes.deferreds import DeferredsProbe
 
 ORIGINAL = defer.Deferred._startRunCallbacks
@@ -307,3 +307,21 @@ def test_a_second_probe_counts_through_the_first(errors: ProbeErrors, accelerate
         first.uninstall()
     assert vars(defer.Deferred)["_startRunCallbacks"] is ORIGINAL
     assert errors.counts == {}
+
+
+def test_the_count_can_be_bound_after_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe compiles first (the compiled Tracker needs the new code object among the
+    frames it skips) and binds the count afterwards."""
+    before: list[object] = []
+    start = with_first_fire(ORIGINAL, before.append)
+    assert start is not None
+    code = start.__code__
+    after: list[object] = []
+    bind_first_fire(start, after.append)
+    assert start.__code__ is code
+    monkeypatch.setattr(defer.Deferred, "_startRunCallbacks", start)
+    d = defer.Deferred[None]()
+    d.callback(None)
+    assert (before, after) == ([], [d])
+    with pytest.raises(TypeError):
+        bind_first_fire(ORIGINAL, after.append)  # not one of with_first_fire's

@@ -167,7 +167,8 @@ def test_twist_plugin_serves_the_dashboard_on_its_own_port(tmp_path: Path) -> No
         with request_in_flight(app_port, f"/slow?ms={SLOW_MS}") as client_port:
             snap = snapshot_showing(dashboard, f"127.0.0.1:{app_port}", client_port)
         check_app_in_dashboard(snap, f"127.0.0.1:{app_port}", client_port)
-        assert f"127.0.0.1:{dashboard_port}" in listening_addresses(snap)
+        assert f"127.0.0.1:{dashboard_port}" in snap["connections"]["own"]["listening"]
+        assert f"127.0.0.1:{dashboard_port}" not in listening_addresses(snap)
         assert any("Slow.render_GET" in r["site"] for r in own_sites(snap, "twist_app.py"))
         log = child.text("stdout")
         assert f"Reactor Dashboard on http://127.0.0.1:{dashboard_port}/" in log

@@ -36,7 +36,8 @@ def hooked_state() -> dict[tuple[str, str], object]:
     """Every attribute a probe may replace, by identity: the class and module dicts of what is
     hooked, the reactor's own attributes (its poller included) and its event loop's selector."""
     from twisted.enterprise import adbapi
-    from twisted.internet import selectreactor
+    from twisted.internet import selectreactor, task
+    from twisted.python import threadpool
     from twisted.web import client, http
 
     owners: dict[str, Any] = {
@@ -52,6 +53,8 @@ def hooked_state() -> dict[tuple[str, str], object]:
         "HTTPConnectionPool": client.HTTPConnectionPool,
         "adbapi.ConnectionPool": adbapi.ConnectionPool,
         "http.Request": http.Request,
+        "ThreadPool": threadpool.ThreadPool,
+        "LoopingCall": task.LoopingCall,
         "selectreactor": selectreactor,
     }
     try:

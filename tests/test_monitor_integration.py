@@ -112,9 +112,11 @@ async def test_known_numbers_change_the_snapshot_by_exactly_that(
 
     pools = {p["name"]: p for p in during["pools"]}
     before_pools = {p["name"]: p for p in before["pools"]}
-    before_busy = before_pools["reactor"]["in_use"] if "reactor" in before_pools else 0
-    assert pools["reactor"]["kind"] == "threadpool"
-    assert pools["reactor"]["in_use"] - before_busy == k
+    reactor_pool = "twisted.internet.reactor"
+    before_busy = before_pools[reactor_pool]["in_use"] if reactor_pool in before_pools else 0
+    assert pools[reactor_pool]["kind"] == "threadpool"
+    assert pools[reactor_pool]["reactor"] is True
+    assert pools[reactor_pool]["in_use"] - before_busy == k
 
     timeouts = during["timeouts"]
     assert timeouts["delayed_calls"] - before["timeouts"]["delayed_calls"] == t

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import jinja2
 import pytest
 import pytest_twisted
 from twisted.internet import threads
 
 from dashboard.monitor import Monitor
 from dashboard.testing import global_reactor
+from dashboard.web import page
 from dashboard.web.page import PageAssets, find_asset_dir
 from tests.browser_server import site_for
 
@@ -252,6 +254,42 @@ async def test_page_refuses_writes_as_json(port: int) -> None:
     answer = await fetch(port, f"{PREFIX}/", method="POST")
     assert answer.status == 405
     assert answer.json()["allowed"] == ["GET", "HEAD"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_page_after_resource_compiles_no_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13: the first render compiled the templates on the reactor thread (165 ms on a
+    busy machine, reported as the program's block). resource() prepares them instead."""
+    page.page_assets.cache_clear()  # a fresh install: nothing compiled, nothing read
+    compiled: list[str] = []
+    original = jinja2.Environment.compile
+
+    def counting(self: jinja2.Environment, source: Any, name: Any = None, *a: Any, **k: Any) -> Any:
+        compiled.append(str(name))
+        return original(self, source, name, *a, **k)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    reactor = global_reactor()
+    monitor = Monitor(reactor, interval=0.2, history=50)
+    monitor.start()
+    listening: Any = await monitor.listen(0)
+    try:
+        assert sorted(compiled) == ["page.html", "panels.html"]  # while building the resource
+        assets = page.page_assets()
+        assert {name for _, name in assets.environment.cache or {}} >= {
+            "page.html",
+            "panels.html",
+        }
+        assert len(assets._static) >= 10  # every static file read once, up front
+        compiled.clear()
+        answer = await fetch(listening.getHost().port, "/")
+        assert answer.status == 200 and b'id="initial-snapshot"' in answer.body
+        assert compiled == []  # the first request compiled nothing
+    finally:
+        await listening.stopListening()
+        monitor.stop()
 
 
 def test_static_lookup_refuses_what_leaves_the_folder(tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ MODULE = __name__
 #: Every attribute the probe patches: (owner, name).
 PATCHED: list[tuple[Any, str]] = [
     (defer, "_cancelledToTimedOutError"),
+    (defer.Deferred, "cancel"),
+    (defer.DeferredList, "cancel"),
     (BaseConnector, "connectionFailed"),
     (policies.TimeoutMixin, "_TimeoutMixin__timedOut"),
 ]
@@ -118,18 +120,25 @@ def test_pending_overdue_and_by_function(probe: TimeoutsProbe, clock: Clock) -> 
 def test_own_calls_and_odd_callables(probe: TimeoutsProbe, clock: Clock) -> None:
     import functools
 
+    from dashboard import demo
+
     loop = LoopProbe(clock, ProbeErrors(), clock.seconds)
-    clock.callLater(1, loop.collect)  # a call of the dashboard itself
+    clock.callLater(1, loop.collect)  # calls of the dashboard itself: apart, not the program's
+    clock.callLater(0.5, loop.collect)
     clock.callLater(1, functools.partial(tick))
     clock.callLater(1, lambda: None)
+    clock.callLater(1, demo.blocking_report)  # the demo is a program like any other
     section = probe.collect()
-    assert section["own_calls"] == 1
+    assert section["own_calls"] == 2
+    assert section["delayed_calls"] == 3
     names = {row["function"]: row["count"] for row in section["by_function"]}
     assert names == {
-        "dashboard.probes.loop.LoopProbe.collect": 1,
         f"{MODULE}.tick": 1,
         f"{MODULE}.test_own_calls_and_odd_callables.<locals>.<lambda>": 1,
+        "dashboard.demo.blocking_report": 1,
     }
+    clock.rightNow = 2.0  # all overdue (a stuck reactor): only the program's count
+    assert probe.collect()["overdue_calls"] == 3
 
 
 def test_by_function_is_top_20(probe: TimeoutsProbe, clock: Clock) -> None:
@@ -274,12 +283,15 @@ async def test_one_deferred_timeout(errors: ProbeErrors) -> None:
         after = p.collect()
     finally:
         p.uninstall()
-    assert after["fired_total"]["deferred"] - before["deferred"] == 1
+    assert after["fired_total"]["deferred"] - before["deferred"] == 1  # exactly once
     assert after["fired_total"]["connect"] == before["connect"]
     assert after["fired_total"]["protocol"] == before["protocol"]
+    assert after["cancelled_total"] == 0
     event = after["recent"][-1]
     assert event["kind"] == "deferred"
     assert "0.05 s" in event["what"] and "parse_reply" in event["what"]
+    assert event["function"] == "twisted.internet.defer.Deferred.addTimeout.<locals>.timeItOut"
+    assert event["site"] is None and event["waited_s"] is None  # no Deferred probe here
     assert abs(event["at"] - time.time()) < 5
     assert errors.counts == {}
 
@@ -468,3 +480,4 @@ async def test_faults_are_counted_and_user_code_sees_no_difference(
     assert errors.counts == {"timeouts": 3}
     assert errors.last["timeouts"].startswith("RuntimeError: bookkeeping failed")
     assert section["fired_total"] == {"deferred": 0, "connect": 0, "protocol": 0}
+    assert section["cancelled_total"] == 1

@@ -3,6 +3,7 @@ and by hand-made snapshots: names, values, counters, bounded labels, the lag his
 
 from __future__ import annotations
 
+import gc
 import math
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -75,6 +76,8 @@ def test_counters_are_counters_and_only_grow(
     clocked: tuple[Monitor, MemoryReactorClock],
 ) -> None:
     monitor, reactor = clocked
+    make_site("lost_site", 2)  # dropped unfired: a lost result, so the per-site family shows
+    gc.collect()
     reactor.advance(1.0)
     first_text = scrape(monitor)
     first = parse(first_text)
@@ -84,9 +87,18 @@ def test_counters_are_counters_and_only_grow(
     second = parse(scrape(monitor))
     kinds = types(first_text)
     counters = [f.prometheus_name for f in FIGURES if f.kind == "counter"]
+    # Cancellations are counted by the timeouts probe once it reports cancelled_total.
+    optional = (
+        set()
+        if "cancelled_total" in monitor.latest().data["timeouts"]
+        else {"twisted_deferreds_cancelled_total"}
+    )
     for name in counters:
-        assert kinds[name] == "counter", name
         assert name.endswith("_total")
+        if name not in optional:
+            assert kinds[name] == "counter", name
+    lost = first["twisted_deferreds_unfired_collected_by_site_total"]
+    assert lost == {(("site", "lost_site:4 in lost_site"),): 2}, lost
     for name in ("twisted_deferreds_created_total", "twisted_deferreds_fired_total"):
         assert second[name][()] - first[name][()] >= 4, name
     for name in set(counters) & set(first):
@@ -260,3 +272,82 @@ class _FixedMonitor:
 
     def lag_histogram(self) -> tuple[tuple[float, ...], list[int], float, int]:
         return (0.1, math.inf), [1, 2], 0.5, 2
+
+
+def test_lost_sites_cancellations_loops_own_work_and_pool_names() -> None:
+    """Issue 13's fields: losses per listed site (bounded, no "other"), cancellations apart
+    from timeouts, running loops, the dashboard's own work under twisted_monitor_*, and an
+    HTTP pool's per-host limit, all by the names promtool accepts."""
+    lost = [
+        {"site": f"app/jobs.py:{n} in job_{n}", "unfired_collected_total": 100 - n,
+         "lost_last_60s": 1, "last_lost_age_s": n, "pending": 0}
+        for n in range(20)
+    ]  # fmt: skip
+    data = snapshot(
+        deferreds={
+            "pending": 7,
+            "unfired_collected_total": 2000,
+            "sites": [],
+            "lost_sites": lost,
+            "loops": {"pending": 3, "items": []},
+            "own": {"pending": 2, "created_total": 40, "fired_total": 38,
+                    "unfired_collected_total": 0},
+        },
+        connections={"by_kind": {"tcp_server": 1}, "own": {"open": 2,
+                                                          "listening": ["127.0.0.1:8089"]}},
+        pools=[
+            {"name": "twisted.internet.reactor", "kind": "threadpool", "reactor": True,
+             "max": 10, "in_use": 1, "idle": 2, "waiting": 0},
+            {"name": "scrapy/core/downloader/handlers/http11.py:60 in HTTP11DownloadHandler"
+             ".__init__", "kind": "http", "max": 16, "max_per_host": 8, "in_use": 9, "idle": 1,
+             "waiting": 0, "hosts": [{"host": "http://127.0.0.1:8000", "in_use": 8, "idle": 0,
+                                      "max": 8}]},
+            {"name": "sqlite3 /tmp/app.db", "kind": "adbapi", "driver": "sqlite3",
+             "database": "/tmp/app.db", "max": 5, "in_use": 1, "idle": 2, "waiting": 0},
+        ],
+        timeouts={"delayed_calls": 4, "own_calls": 3, "cancelled_total": 6,
+                  "fired_total": {"deferred": 5}},
+    )  # fmt: skip
+    values = figure_values(data, top_sites=5)
+    by_site = values["twisted.deferreds.unfired_collected_by_site"]
+    assert by_site == [((f"app/jobs.py:{n} in job_{n}",), 100.0 - n) for n in range(5)]
+    assert values["twisted.deferreds.unfired_collected"] == [((), 2000.0)]
+    assert values["twisted.deferreds.cancelled"] == [((), 6.0)]
+    assert dict(values["twisted.timeouts"]) == {("deferred",): 5.0}
+    assert values["twisted.deferreds.loop_pending"] == [((), 3.0)]
+    assert values["twisted.monitor.deferreds.pending"] == [((), 2.0)]
+    assert values["twisted.monitor.deferreds.created"] == [((), 40.0)]
+    assert values["twisted.monitor.connections.open"] == [((), 2.0)]
+    assert values["twisted.monitor.delayed_calls"] == [((), 3.0)]
+    assert values["twisted.delayed_calls"] == [((), 4.0)]  # the program's, unchanged
+    http = "scrapy/core/downloader/handlers/http11.py:60 in HTTP11DownloadHandler.__init__"
+    assert dict(values["twisted.pool.in_use"]) == {
+        ("twisted.internet.reactor", "threadpool"): 1.0,
+        (http, "http"): 9.0,
+        ("sqlite3 /tmp/app.db", "adbapi"): 1.0,
+    }
+    assert values["twisted.pool.max_per_host"] == [((http, "http"), 8.0)]
+    monitor: Any = _FixedMonitor(data)
+    text = exposition(SnapshotCollector(monitor)).decode()
+    samples = parse(text)
+    assert types(text)["twisted_deferreds_unfired_collected_by_site_total"] == "counter"
+    assert len(samples["twisted_deferreds_unfired_collected_by_site_total"]) == 20  # top 20
+    assert samples["twisted_deferreds_cancelled_total"][()] == 6
+    assert samples["twisted_monitor_connections_open"][()] == 2
+    result = promtool_check_metrics(text)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_older_snapshots_give_none_of_the_new_families() -> None:
+    values = figure_values(
+        snapshot(deferreds={"pending": 1, "sites": []}, timeouts={"fired_total": {}})
+    )
+    for name in (
+        "twisted.deferreds.unfired_collected_by_site",
+        "twisted.deferreds.cancelled",
+        "twisted.deferreds.loop_pending",
+        "twisted.monitor.deferreds.pending",
+        "twisted.monitor.connections.open",
+        "twisted.monitor.delayed_calls",
+    ):
+        assert name not in values, name

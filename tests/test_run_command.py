@@ -204,7 +204,11 @@ def test_run_module_twisted_web_shows_its_port_and_connection(
 
         assert snap["reactor"] == REACTOR_CLASSES[reactor_name]
         web = f"127.0.0.1:{web_port}"
-        assert {web, f"127.0.0.1:{found[1]}"} <= listening_addresses(snap)
+        own = f"127.0.0.1:{found[1]}"
+        # The program's port is the program's; the dashboard's is shown apart, as its own.
+        assert web in listening_addresses(snap)
+        assert own not in listening_addresses(snap)
+        assert snap["connections"]["own"]["listening"] == [own]
         row = next(r for r in snap["connections"]["listening"] if r["address"] == web)
         assert row["factory"] == "twisted.web.server.Site"
         assert row["accepted_total"] >= 1
@@ -237,7 +241,15 @@ SERVING_SCRIPT = """
     from twisted.web.static import Data
 
     def patched():
-        return Deferred._startRunCallbacks.__module__ != "twisted.internet.defer"
+        # True when every patch is in place, False when none is (the Deferred probe's;
+        # run's own: Twisted's installReactor, and the watch for trial's janitor).
+        from twisted.internet import main
+        signs = [
+            Deferred._startRunCallbacks.__module__ != "twisted.internet.defer",
+            not main.installReactor.__code__.co_filename.endswith("main.py"),
+            any(type(f).__name__ == "_ImportWatch" for f in sys.meta_path),
+        ]
+        return all(signs) if all(signs) or not any(signs) else signs
 
     def watchdog_threads():
         import threading
@@ -333,21 +345,93 @@ def test_run_module_gets_python_dash_m_argv_and_path(tmp_path: Path) -> None:
     assert os.path.realpath(path0) == os.path.realpath(tmp_path)
 
 
-def test_a_program_that_installs_its_own_reactor_is_told_to_use_dash_dash_reactor(
+# programs that choose their reactor (Scrapy installs the asyncio one) -----------------------
+
+OWN_REACTOR_SCRIPT = (
+    """
+    from twisted.internet import asyncioreactor
+    asyncioreactor.install()
+    """
+    + SERVING_SCRIPT
+)
+MOVED_LINE = re.compile(
+    r"the program installed (\w+): the dashboard moved to it on http://127\.0\.0\.1:(\d+)/"
+)
+
+
+def test_a_program_that_installs_its_own_reactor_gets_it_and_the_dashboard_follows(
     tmp_path: Path,
 ) -> None:
-    source = "from twisted.internet import asyncioreactor\nasyncioreactor.install()\n"
+    script = write_script(tmp_path, "own_reactor.py", OWN_REACTOR_SCRIPT)
+    child = Child.start([sys.executable, "-m", "dashboard", "run", "--port", "0", str(script), "4"])
+    try:
+        found = child.wait_for(DASHBOARD_LINE, "stderr")
+        assert found[2] == "EPollReactor"  # installed first, before the program's first line
+        moved = child.wait_for(MOVED_LINE, "stderr")
+        assert moved[1] == "AsyncioSelectorReactor"
+        assert moved[2] == found[1]  # the same dashboard address
+        # Every patch in place but the hook on installReactor: its work is done.
+        patched = r"serving (\d+) patched \[True, False, True\] 1"
+        serving = child.wait_for(re.compile(patched), "stdout")
+        snap = fresh_snapshot(f"http://127.0.0.1:{moved[2]}")
+        assert snap["reactor"] == "AsyncioSelectorReactor"
+        assert f"127.0.0.1:{serving[1]}" in listening_addresses(snap)
+        assert snap["errors"]["total"] == 0, snap["errors"]
+        assert http_get(f"http://127.0.0.1:{serving[1]}/quit") == (200, b"bye")
+        status = child.wait()
+    finally:
+        child.stop()
+    assert "after run: patched False 0" in child.text("stdout"), child.report()
+    assert status == 4, child.report()
+    no_traceback(child)
+
+
+USES_THE_REACTOR_FIRST = """
+    from twisted.internet import reactor
+    reactor.callLater(60, print)
+    from twisted.internet import asyncioreactor
+    asyncioreactor.install()
+"""
+# Scrapy's way: the error is swallowed, the program ends "successfully".
+SWALLOWS_THE_ERROR = """
+    from contextlib import suppress
+    from twisted.internet import asyncioreactor, error
+    with suppress(error.ReactorAlreadyInstalledError):
+        asyncioreactor.install()
+    print("carried on")
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "source", "reason"),
+    [
+        (["--reactor", "select"], OWN_REACTOR_SCRIPT, "given with --reactor"),
+        ([], USES_THE_REACTOR_FIRST, "the program has timers on it"),
+        (["--reactor", "poll"], SWALLOWS_THE_ERROR, "given with --reactor"),
+    ],
+    ids=["reactor-given", "reactor-used", "error-swallowed"],
+)
+def test_a_program_whose_reactor_cannot_be_installed_is_told_what_to_pass(
+    options: list[str], source: str, reason: str, tmp_path: Path
+) -> None:
     script = write_script(tmp_path, "own_reactor.py", source)
     result = subprocess.run(
-        [sys.executable, "-m", "dashboard", "run", "--port", "0", str(script)],
+        [sys.executable, "-m", "dashboard", "run", "--port", "0", *options, str(script)],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode == 2
+    # The program's own status: 2 from run when the error ends it, else the program's.
+    assert result.returncode == (0 if source is SWALLOWS_THE_ERROR else 2), result.stderr
     assert "Traceback" not in result.stderr
-    assert "installs its own reactor" in result.stderr
-    assert "--reactor NAME" in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr  # the dashboard's address, then the one line
+    assert lines[1] == (
+        "reactor-dashboard run: the program installs its own reactor"
+        f" (AsyncioSelectorReactor), but {lines[0].split('(')[1].split(';')[0]} was installed"
+        f" before it ran ({reason}): run it with --reactor asyncio"
+    )
+    assert result.stdout == ("carried on\n" if source is SWALLOWS_THE_ERROR else "")
 
 
 # bad usage: one line, exit status 2 ------------------------------------------------------------

@@ -9,10 +9,17 @@ from typing import Any, Protocol
 
 import attrs
 
+from dashboard.redact import redact_text
+
 JSONDict = dict[str, Any]
 
 #: A time source in seconds. Probes take ``reactor.seconds`` so tests can drive ages with a Clock.
 TimeSource = Callable[[], float]
+
+#: Code of probe hooks that stand in for Twisted's own Deferred methods (the timeouts probe's
+#: ``Deferred.cancel``, registered when its module is imported): Deferred machinery, to be
+#: walked past like Twisted's own when the Deferred probe looks for a creation site.
+DEFERRED_MACHINERY: list[types.CodeType] = []
 
 _MISSING = object()
 
@@ -49,7 +56,8 @@ class ProbeErrors:
 
     def record(self, probe: str, exc: BaseException) -> None:
         self.counts[probe] = self.counts.get(probe, 0) + 1
-        self.last[probe] = f"{type(exc).__name__}: {exc}"[:300]
+        # A message may quote a URL: hidden credentials first, then cut (errors are rare).
+        self.last[probe] = redact_text(f"{type(exc).__name__}: {exc}"[:1200])[:300]
 
     def enabled(self, probe: str) -> bool:
         return self.counts.get(probe, 0) < self.disable_after

@@ -6,6 +6,7 @@ transport in an odd state (half-connected, closing, socket gone): such fields be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import address as _address
@@ -33,21 +34,37 @@ __all__ = [
     "pending_write_bytes",
     "text",
     "unwrap_protocol",
+    "uri_text",
 ]
 
-#: Attribute the ``http.Request.__init__`` hook sets on each request: its start, clock seconds.
 #: In-flight requests listed per HTTP connection (pipelined requests queue up).
 MAX_REQUESTS_PER_CONNECTION = 10
 #: Longest method / URI string kept, in characters.
 MAX_TEXT = 200
 
+#: Hides credentials in a URI (``dashboard.redact.Redactor.uri``).
+Redact = Callable[[str], str]
+
 
 def text(value: object, limit: int = MAX_TEXT) -> str:
     """Bytes or str as a bounded str (bytes decoded as UTF-8 with replacement)."""
+    return _cut(_decoded(value, limit), limit)
+
+
+def uri_text(value: object, redact: Redact, limit: int = MAX_TEXT) -> str:
+    """A request URI as a bounded str, redacted before it is cut (a secret the cut would
+    split is still hidden whole)."""
+    return _cut(redact(_decoded(value, limit)), limit)
+
+
+def _decoded(value: object, limit: int) -> str:
+    # At most 4 bytes per character: enough to fill ``limit`` characters, never more.
     if isinstance(value, bytes | bytearray):
-        out = bytes(value[: limit * 4]).decode("utf-8", errors="replace")
-    else:
-        out = str(value)
+        return bytes(value[: limit * 4]).decode("utf-8", errors="replace")
+    return str(value)[: limit * 4]
+
+
+def _cut(out: str, limit: int) -> str:
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
@@ -103,9 +120,12 @@ def unwrap_protocol(protocol: object) -> tuple[object, bool]:
     return protocol, tls
 
 
-def _requests(channel: http.HTTPChannel, age_s: float) -> tuple[list[JSONDict], int]:
+def _requests(
+    channel: http.HTTPChannel, age_s: float, redact: Redact
+) -> tuple[list[JSONDict], int]:
     """In-flight requests of ``channel``; ``age_s`` is the time since bytes last came in on its
-    connection (for HTTP/1.1, since its request arrived; pipelined requests share it)."""
+    connection (for HTTP/1.1, since its request arrived; pipelined requests share it). URIs
+    pass through ``redact``; headers are never read (no Authorization, no Cookie)."""
     queue = channel.requests
     shown: list[JSONDict] = []
     last = queue[-1] if queue else None
@@ -120,7 +140,7 @@ def _requests(channel: http.HTTPChannel, age_s: float) -> tuple[list[JSONDict], 
         shown.append(
             {
                 "method": text(request.method if method is None else method),
-                "uri": text(request.uri if uri is None else uri),
+                "uri": uri_text(request.uri if uri is None else uri, redact),
                 "age_s": round(max(0.0, age_s), 3),
             }
         )
@@ -132,8 +152,9 @@ def pending_write_bytes(transport: Any) -> int:
     return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
 
-def describe(entry: ConnEntry, transport: Any, now: float) -> JSONDict:
-    """The ``items`` element for one connection (costs one getsockname syscall)."""
+def describe(entry: ConnEntry, transport: Any, now: float, redact: Redact) -> JSONDict:
+    """The ``items`` element for one connection (costs one getsockname syscall); request
+    URIs pass through ``redact``."""
     protocol = getattr(transport, "protocol", None)
     app, _ = unwrap_protocol(protocol)
     item: JSONDict = {
@@ -149,7 +170,7 @@ def describe(entry: ConnEntry, transport: Any, now: float) -> JSONDict:
         "producer_paused": bool(transport.producerPaused),
     }
     if isinstance(app, http.HTTPChannel):
-        item["requests"], item["requests_in_flight"] = _requests(app, now - entry.last_in)
+        item["requests"], item["requests_in_flight"] = _requests(app, now - entry.last_in, redact)
     return item
 
 

@@ -8,6 +8,11 @@ transport (and its socket) alive: a transport garbage-collected without ``connec
 (a paused transport dropped by its owner) is removed by the reference's callback and counted
 in ``abandoned``.
 
+The dashboard's own listening ports (``own=True``) and the connections they accept are kept
+apart, in ``own_ports`` and ``own_entries``: every program figure (``entries``, the counters,
+``open_by_kind``) leaves them out, and the byte hooks, which look in ``entries`` only, never
+count them.
+
 All methods run on the reactor thread, except the weak-reference callbacks, which run
 wherever the garbage collector does (a lost increment is possible there, never an exception).
 """
@@ -64,6 +69,13 @@ class ConnEntry(weakref.ref):  # type: ignore[type-arg]
     last_in: float
 
 
+class AdoptedConnEntry(ConnEntry):
+    """A connection already open when the probe was installed (counted in ``adopted``, not
+    ``opened``): its class says so, at no memory cost."""
+
+    __slots__ = ()
+
+
 class PortEntry(weakref.ref):  # type: ignore[type-arg]
     """One listening port: a weak reference to it, its description (taken once when it
     starts listening) and how many connections it accepted since then."""
@@ -93,7 +105,8 @@ class ConnectionRegistry:
 
     ``open`` is ``len(entries)``; ``opened + adopted == open + closed + failed_registered +
     abandoned`` holds at all times (``failed`` also counts connects that failed before their
-    transport was registered).
+    transport was registered). The dashboard's own (``own_entries``, ``own_ports``) are in
+    none of these; ``own_opened`` counts the connections its ports accepted.
     """
 
     __slots__ = (
@@ -109,6 +122,9 @@ class ConnectionRegistry:
         "failed",
         "open_by_kind",
         "opened",
+        "own_entries",
+        "own_opened",
+        "own_ports",
         "ports",
         "tls_open",
     )
@@ -128,6 +144,10 @@ class ConnectionRegistry:
         self.failed = 0
         self.abandoned = 0
         self.adopted = 0
+        #: the dashboard's own: id -> entry, as ``entries`` and ``ports``
+        self.own_entries: dict[int, ConnEntry] = {}
+        self.own_ports: dict[int, PortEntry] = {}
+        self.own_opened = 0
         # Made once: a bound method per entry would cost a new object per connection.
         self._on_conn_gone: Callable[[ConnEntry], None] = self._conn_gone
         self._on_port_gone: Callable[[PortEntry], None] = self._port_gone
@@ -140,7 +160,9 @@ class ConnectionRegistry:
         key = id(transport)
         entries = self.entries
         if key in entries:  # __init__ run twice on one object: keep one record
-            self._drop(entries.pop(key))
+            previous = entries.pop(key)
+            self._drop(previous)
+            adopted = previous.__class__ is AdoptedConnEntry
         else:
             if adopted:
                 self.adopted += 1
@@ -150,7 +172,7 @@ class ConnectionRegistry:
         kind = self._kinds.get(cls)
         if kind is None:
             kind = self._kinds[cls] = kind_of(cls)
-        entry = ConnEntry(transport, self._on_conn_gone)
+        entry = (AdoptedConnEntry if adopted else ConnEntry)(transport, self._on_conn_gone)
         entry.key = key
         entry.created = self._clock()
         entry.kind = kind
@@ -167,6 +189,36 @@ class ConnectionRegistry:
         if entry is not None:
             self.closed += 1
             self._drop(entry)
+        elif self.own_entries:
+            self.own_entries.pop(id(transport), None)
+
+    def accepted(self, transport: Any) -> None:
+        """``transport``'s listening port (``transport.server``) accepted it. A connection
+        accepted by one of the dashboard's own ports becomes its own."""
+        port_key = id(transport.server)
+        port = self.ports.get(port_key)
+        if port is not None:
+            port.accepted += 1
+            return
+        port = self.own_ports.get(port_key)
+        if port is not None:
+            port.accepted += 1
+            self.make_own(transport)
+
+    def make_own(self, transport: Any) -> None:
+        """Move a registered connection to the dashboard's own, out of every program figure
+        (the ``opened`` or ``adopted`` count it was in included)."""
+        key = id(transport)
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return
+        self._drop(entry)
+        if entry.__class__ is AdoptedConnEntry:
+            self.adopted -= 1
+        else:
+            self.opened -= 1
+        self.own_opened += 1
+        self.own_entries[key] = entry
 
     def connect_failed(self, transport: Any) -> None:
         """A client's connection attempt failed (``failIfNotConnected`` is about to act)."""
@@ -194,15 +246,19 @@ class ConnectionRegistry:
                 del self.entries[entry.key]
                 self.abandoned += 1
                 self._drop(entry)
+            elif self.own_entries.get(entry.key) is entry:
+                del self.own_entries[entry.key]
         except Exception:  # a gc callback must never raise; counters may drift by one
             pass
 
     # listening ports -----------------------------------------------------------------------
 
-    def add_port(self, port: Any, *, address: str, factory: str, kind: str, tls: bool) -> None:
-        """Register a port that started listening."""
+    def add_port(
+        self, port: Any, *, address: str, factory: str, kind: str, tls: bool, own: bool = False
+    ) -> None:
+        """Register a port that started listening (``own``: one of the dashboard's)."""
         key = id(port)
-        if key in self.ports:  # startListening of a subclass chaining to its base
+        if key in self.ports or key in self.own_ports:  # a subclass chaining to its base
             return
         entry = PortEntry(port, self._on_port_gone)
         entry.key = key
@@ -211,22 +267,31 @@ class ConnectionRegistry:
         entry.kind = kind
         entry.tls = tls
         entry.accepted = 0
-        self.ports[key] = entry
+        (self.own_ports if own else self.ports)[key] = entry
+
+    def make_port_own(self, port: Any) -> None:
+        """Move a listening port to the dashboard's own, with every connection it accepted
+        that is still open (walks the open connections: a rare event)."""
+        entry = self.ports.pop(id(port), None)
+        if entry is None:
+            return
+        self.own_ports[entry.key] = entry
+        for conn in list(self.entries.values()):
+            transport = conn()
+            if transport is not None and getattr(transport, "server", None) is port:
+                self.make_own(transport)
 
     def remove_port(self, port: Any) -> None:
         """The port stopped listening."""
-        self.ports.pop(id(port), None)
-
-    def accepted(self, port: Any) -> None:
-        """``port`` accepted one connection."""
-        entry = self.ports.get(id(port))
-        if entry is not None:
-            entry.accepted += 1
+        key = id(port)
+        if self.ports.pop(key, None) is None:
+            self.own_ports.pop(key, None)
 
     def _port_gone(self, entry: PortEntry) -> None:
         try:
-            if self.ports.get(entry.key) is entry:
-                del self.ports[entry.key]
+            for table in (self.ports, self.own_ports):
+                if table.get(entry.key) is entry:
+                    del table[entry.key]
         except Exception:  # a gc callback must never raise
             pass
 
@@ -238,7 +303,13 @@ class ConnectionRegistry:
         """The ``n`` ports listening the longest."""
         return _head(self.ports, n)
 
+    def first_own_ports(self, n: int) -> list[PortEntry]:
+        """The ``n`` of the dashboard's own ports listening the longest."""
+        return _head(self.own_ports, n)
+
     def clear(self) -> None:
         """Forget everything tracked (the hooks are gone: nothing would remove it)."""
         self.entries.clear()
         self.ports.clear()
+        self.own_entries.clear()
+        self.own_ports.clear()

@@ -28,6 +28,13 @@ Hooks (all on classes, installed by ``install()``, restored exactly by ``uninsta
 cost 9,000 CPU instructions per Klein request under callgrind (2% of a hello-world); the
 time of the last bytes in comes from the kernel, or costs one clock call in the read hook.
 
+The dashboard's own port (``mark_own(factory)``, which ``Monitor.listen`` calls before it
+listens) and the connections accepted on it are counted apart (``own``): the program's
+figures never include them. The probe never imports the web layer: it is told the factory.
+
+Request URIs pass through a ``dashboard.redact.Redactor`` (secret query parameters and URL
+passwords become ``<redacted>``) before they are cut to length; no header is ever read.
+
 Hot paths pay a dict lookup and an addition (TCP with kernel counts: nothing per read or
 write); everything else happens in ``collect()``, whose cost is the ``top_n`` connections
 shown plus the reactor's current writers (the only transports with pending output, hence the
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +65,7 @@ from dashboard.probes.connection_detail import (
     unwrap_protocol,
 )
 from dashboard.probes.connection_registry import KINDS, ConnectionRegistry, ConnEntry
+from dashboard.redact import Redactor, default_redactor
 
 #: Slow consumers listed in ``slow_consumer_items`` (the count is exact).
 MAX_SLOW_CONSUMERS_SHOWN = 10
@@ -71,7 +80,8 @@ class ConnectionsProbe:
 
     ``top_n``: connections listed in ``items`` (oldest first) and ports in ``listening``.
     Totals count from the latest ``install()``; connections already open then are adopted
-    (``adopted_at_install``; their ages count from the install).
+    (``adopted_at_install``; their ages count from the install). ``redactor`` hides
+    credentials in request URIs (default: ``dashboard.redact.default_redactor``).
     """
 
     name = "connections"
@@ -85,6 +95,7 @@ class ConnectionsProbe:
         top_n: int = 100,
         accelerate: bool | None = None,
         kernel_counts: bool | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         """``accelerate``: count bytes in and out with the compiled hooks
         (``dashboard._accel.IOHook``; True: required, an error where not built; None: where
@@ -107,6 +118,55 @@ class ConnectionsProbe:
         self.top_n = top_n
         self._patcher = Patcher()
         self.registry = ConnectionRegistry(clock)
+        self.redactor = redactor if redactor is not None else default_redactor
+        self._redact = self.redactor.uri
+        #: id(factory) -> a reference to it: the dashboard's own servers (see ``mark_own``)
+        self._own_factories: dict[int, Callable[[], object]] = {}
+
+    # the dashboard's own -------------------------------------------------------------------
+
+    def mark_own(self, factory: object) -> None:
+        """Count ``factory``'s listening ports, and the connections they accept, as the
+        dashboard's own (``own``), out of every program figure. Call it before the factory
+        listens (a port already listening moves, with its open connections). The factory is
+        held weakly where it can be. Reactor thread."""
+        try:
+            ref: Callable[[], object] = weakref.ref(factory)
+        except TypeError:  # not weak-referenceable: hold it (one object per call)
+            ref = functools.partial(_same, factory)
+        own = {key: old for key, old in self._own_factories.items() if old() is not None}
+        own[id(factory)] = ref
+        self._own_factories = own  # factories gone (a monitor listening again) are dropped
+        for entry in list(self.registry.ports.values()):
+            port = entry()
+            if port is not None and self._is_own_port(port):
+                self.registry.make_port_own(port)
+
+    def is_own(self, transport: object) -> bool:
+        """Whether ``transport`` (a TCP or unix transport, or a TLS layer or protocol wrapper
+        over one, as ``protocol.transport`` gives) is a connection accepted on the dashboard's
+        own port. A few dict lookups; reactor thread (other probes ask it, e.g. to keep the
+        dashboard's idle-connection timeouts out of the program's)."""
+        own = self.registry.own_entries
+        if not own:
+            return False
+        for _ in range(4):  # TLS and policy wrappers nest a few deep at most
+            if id(transport) in own:
+                return True
+            transport = getattr(transport, "transport", None)
+            if transport is None:
+                return False
+        return False
+
+    def _is_own_port(self, port: Any) -> bool:
+        factory = getattr(port, "factory", None)
+        own = self._own_factories
+        for candidate in (factory, getattr(factory, "wrappedFactory", None)):  # TLS wraps
+            if candidate is not None:
+                ref = own.get(id(candidate))
+                if ref is not None and ref() is candidate:
+                    return True
+        return False
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -198,7 +258,7 @@ class ConnectionsProbe:
             def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
                 original(self, *args, **kwargs)
                 try:
-                    registry.accepted(self.server)
+                    registry.accepted(self)
                 except Exception as exc:
                     record(exc)
 
@@ -302,11 +362,19 @@ class ConnectionsProbe:
 
     def _register_port(self, port: Any) -> None:
         address, factory, kind, tls = describe_port(port)
-        self.registry.add_port(port, address=address, factory=factory, kind=kind, tls=tls)
+        self.registry.add_port(
+            port,
+            address=address,
+            factory=factory,
+            kind=kind,
+            tls=tls,
+            own=bool(self._own_factories) and self._is_own_port(port),
+        )
 
     def _adopt_existing(self) -> None:
         """Register the transports and ports the reactor already watches (paused transports
-        with nothing to write are not in its reader/writer sets and stay unknown)."""
+        with nothing to write are not in its reader/writer sets and stay unknown). Ports
+        first, so a connection accepted by the dashboard's own port is known as its own."""
         try:
             selectables = [*self._reactor.getReaders(), *self._reactor.getWriters()]
         except Exception:  # a reactor without IReactorFDSet: nothing to adopt
@@ -314,16 +382,23 @@ class ConnectionsProbe:
         registry = self.registry
         for selectable in selectables:
             try:
-                if isinstance(selectable, tcp.Connection):
-                    if id(selectable) not in registry.entries:
-                        registry.add(selectable, adopted=True)
-                        if (
-                            getattr(selectable, "TLS", False)
-                            or unwrap_protocol(getattr(selectable, "protocol", None))[1]
-                        ):
-                            registry.mark_tls(selectable)
-                elif is_port(selectable) and getattr(selectable, "connected", False):
+                if is_port(selectable) and getattr(selectable, "connected", False):
                     self._register_port(selectable)
+            except Exception as exc:
+                self._record(exc)
+        for selectable in selectables:
+            try:
+                if isinstance(selectable, tcp.Connection) and id(selectable) not in (
+                    registry.entries
+                ):
+                    registry.add(selectable, adopted=True)
+                    if (
+                        getattr(selectable, "TLS", False)
+                        or unwrap_protocol(getattr(selectable, "protocol", None))[1]
+                    ):
+                        registry.mark_tls(selectable)
+                    if id(getattr(selectable, "server", None)) in registry.own_ports:
+                        registry.make_own(selectable)
             except Exception as exc:
                 self._record(exc)
 
@@ -375,6 +450,10 @@ class ConnectionsProbe:
             "items_truncated": len(entries) > self.top_n,
             "hot_path": "compiled" if self.accelerated else "python",
             "tcp_counts": "kernel" if self.kernel_counts else "hooks",
+            "own": {
+                "open": len(registry.own_entries),
+                "listening": [port.address for port in registry.first_own_ports(self.top_n)],
+            },
         }
 
     def _describe(self, entry: ConnEntry, transport: Any, now: float) -> JSONDict:
@@ -387,7 +466,7 @@ class ConnectionsProbe:
                 pass
             except Exception as exc:  # still shown, with the counts last read
                 self._record(exc)
-        return describe(entry, transport, now)
+        return describe(entry, transport, now, self._redact)
 
     def _slow_consumers(self, now: float) -> tuple[int, list[JSONDict]]:
         """Registered transports whose pending output exceeds their ``bufferSize``. Only the
@@ -422,6 +501,10 @@ class ConnectionsProbe:
             except Exception as exc:
                 self._record(exc)
         return len(slow), shown
+
+
+def _same(obj: object) -> object:
+    return obj
 
 
 __all__ = ["ConnectionsProbe", "format_address"]

@@ -196,3 +196,13 @@ def _compiled(
     new: types.FunctionType = made["_rd_make"](hook)
     new.__code__ = new.__code__.replace(co_qualname=method.__code__.co_qualname)
     return new
+
+
+def bind_first_fire(recompiled: Callable[..., None], first_fire: Callable[[Any], object]) -> None:
+    """Make ``recompiled`` (made by :func:`with_first_fire`) call ``first_fire`` from now on.
+    Lets its code object exist before the count it calls (the compiled Tracker needs that code
+    among the frames it skips, Twisted's own machinery, when it is constructed). Install time."""
+    if not isinstance(recompiled, types.FunctionType) or recompiled.__closure__ is None:
+        raise TypeError("not a function made by with_first_fire")
+    index = recompiled.__code__.co_freevars.index(HOOK)
+    recompiled.__closure__[index].cell_contents = first_fire

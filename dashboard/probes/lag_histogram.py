@@ -107,6 +107,29 @@ class LagWindow:
     def _evict(self, slot: _Slot) -> None:
         self._totals = [a - b for a, b in zip(self._totals, slot.counts, strict=True)]
 
+    def view(self, now: float | None = None, pending: _Pending | None = None) -> LagView:
+        """The window's samples, changing nothing: without the slots that ended before
+        ``now - window_s`` when ``now`` is given (what ``expire(now)`` would drop), plus the
+        ``pending`` interval (per-bucket counts and largest sample) when given (an interval
+        not closed yet). O(buckets), plus the slots that expired."""
+        totals = self._totals
+        live = self._ring
+        if now is not None:
+            horizon = now - self.window_s
+            expired = [slot for slot in self._ring if slot.start < horizon]
+            if expired:
+                totals = list(totals)
+                for slot in expired:
+                    totals = [a - b for a, b in zip(totals, slot.counts, strict=True)]
+                live = deque(slot for slot in self._ring if slot.start >= horizon)
+        count = sum(totals)
+        top = max((slot.max_s for slot in live), default=None) if count else None
+        if pending is not None and any(pending[0]):
+            totals = [a + b for a, b in zip(totals, pending[0], strict=True)]
+            count = sum(totals)
+            top = pending[1] if top is None else max(top, pending[1])
+        return LagView(list(totals), count, top)
+
     @property
     def count(self) -> int:
         """Samples in the window."""
@@ -114,20 +137,36 @@ class LagWindow:
 
     def max_s(self) -> float | None:
         """The largest sample in the window, seconds (None without samples)."""
-        if not self.count:
-            return None
-        return max(slot.max_s for slot in self._ring)
+        return self.view().max_s
 
     def percentile_s(self, q: float, bounds_s: list[float]) -> float | None:
-        """The ``q`` quantile (0..1) over the window, seconds, interpolated linearly inside its
-        bucket and never above the window's maximum. None without samples."""
+        """The ``q`` quantile (0..1) over the window, seconds (see :meth:`LagView.percentile_s`)."""
+        return self.view().percentile_s(q, bounds_s)
+
+
+#: an interval not closed yet: (per-bucket counts, largest sample in seconds)
+_Pending = tuple[list[int], float]
+
+
+@attrs.frozen
+class LagView:
+    """Samples of a window as read at one moment: per-bucket ``totals``, their ``count`` and
+    the largest sample ``max_s`` (seconds, None without samples)."""
+
+    totals: list[int]
+    count: int
+    max_s: float | None
+
+    def percentile_s(self, q: float, bounds_s: list[float]) -> float | None:
+        """The ``q`` quantile (0..1), seconds, interpolated linearly inside its bucket and
+        never above the maximum. None without samples."""
         total = self.count
-        top = self.max_s()
+        top = self.max_s
         if not total or top is None:
             return None
         rank = q * total
         seen = 0
-        for index, n in enumerate(self._totals):
+        for index, n in enumerate(self.totals):
             if n and seen + n >= rank:
                 low = bounds_s[index - 1] if index > 0 else 0.0
                 high = bounds_s[index] if index < len(bounds_s) else top

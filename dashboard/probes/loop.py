@@ -18,6 +18,14 @@ the asyncio event loop's ``_selector.select`` (asyncio reactor) or, as a last re
   due. A watchdog thread (:mod:`dashboard.probes.watchdog`) captures the main thread's stack
   while the span still runs. ``lag_ms.last`` is the largest sample of the interval since the
   previous ``collect()`` (0 when nothing was due); ``p50``/``p99``/``max`` cover ``window_s``.
+* A block is named by ``where``, the innermost frame the user owns, and ``owner``, "program" or
+  "dashboard" (the dashboard's own work stalled the loop); see
+  :mod:`dashboard.probes.stack_owner`. ``stack`` stays whole.
+* Start-up: on a reactor started after ``install()``, the first busy span is measured from its
+  "before startup" event, so a block in ``callWhenRunning`` (before the first wait) is caught
+  with its stack; installed while the reactor runs, from ``install()``.
+* ``collect()`` closes the interval (the sampler's read); ``peek()`` reads the same section
+  without moving any baseline, for a snapshot taken between samples.
 
 All times are the reactor clock's seconds (``reactor.seconds``: wall time on real reactors, so
 a Clock drives everything in unit tests); a wall-clock step can distort one span.
@@ -25,6 +33,7 @@ a Clock drives everything in unit tests); a wall-clock step can distort one span
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import select
@@ -37,6 +46,7 @@ from typing import Any
 from dashboard import accel
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource
 from dashboard.probes.lag_histogram import LagCounters, LagWindow, cumulative_le, finite_ms
+from dashboard.probes.stack_owner import StackOwner
 from dashboard.probes.wait_hook import timed_wait
 from dashboard.probes.watchdog import Pulse, ReactorPulse, Watchdog
 
@@ -80,10 +90,14 @@ class LoopProbe:
         block_threshold_ms: float = 100.0,
         window_s: float = 900.0,
         accelerate: bool | None = None,
+        library_paths: tuple[str, ...] = (),
+        user_paths: tuple[str, ...] = (),
     ) -> None:
         """``accelerate``: use the compiled hook and pulse (``dashboard._accel.TimedWait`` and
         ``Pulse``; True: required, an error where not built; None: where built, unless
-        ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
+        ``REACTOR_DASHBOARD_ACCEL=0``; False: never). ``library_paths`` / ``user_paths``: path
+        prefixes or module names that count as library code, or as the user's, when a block's
+        ``where`` is named (:class:`~dashboard.probes.stack_owner.StackOwner`)."""
         self.accelerated = accelerate = accel.resolve(accelerate)
         self._reactor = reactor
         self._errors = errors
@@ -100,7 +114,12 @@ class LoopProbe:
         #: which wait is timed (None: no hook found, so no busy ratio and no blocks)
         self.wait_hook: str | None = None
         self.blocks_total = 0
-        self._blocks: deque[tuple[float, float, list[str]]] = deque(maxlen=MAX_BLOCKS)
+        self.stack_owner = StackOwner(library_paths, user_paths)
+        #: (at, duration_s, stack, where, owner)
+        self._blocks: deque[tuple[float, float, list[str], str | None, str]] = deque(
+            maxlen=MAX_BLOCKS
+        )
+        self._startup_trigger: Any = None
         self._window = LagWindow(len(self.lag.counts), window_s)
         self._patcher = Patcher()
         self._installed = False
@@ -123,7 +142,10 @@ class LoopProbe:
         self._prev_idle_s = pulse.idle_s
         try:
             self._install_wait_hook()
+            if self.wait_hook is not None:
+                self._watch_start_up()
         except BaseException:
+            self._forget_start_up()
             self._patcher.restore()
             self._installed = False
             raise
@@ -134,6 +156,7 @@ class LoopProbe:
             clock=self._clock,
             on_error=self._record_error,
             interval_s=self.watchdog_interval_s,
+            judge=self.stack_owner.judge,
         )
         if self.watchdog_enabled and self.wait_hook is not None:
             self.watchdog.start()
@@ -144,9 +167,39 @@ class LoopProbe:
         self._installed = False
         if self.watchdog is not None:
             self.watchdog.stop()
+        self._forget_start_up()
         self._patcher.restore()
         self.wait_hook = None
         self.pulse.tick = math.inf
+
+    def _watch_start_up(self) -> None:
+        """Measure the busy span that runs before the first wait. Installed on a reactor that
+        runs (from its thread, so inside a busy span): that span begins now. Before the
+        reactor starts: at its "before startup" event, whose triggers run ahead of every
+        ``callWhenRunning``. (The time before ``run()`` is not the loop's.)"""
+        reactor = self._reactor
+        if any(getattr(reactor, name, False) is True for name in ("running", "_started")):
+            self.pulse.tick = self._clock()
+            return
+        add_trigger = getattr(reactor, "addSystemEventTrigger", None)
+        if add_trigger is not None:
+            self._startup_trigger = add_trigger("before", "startup", self._reactor_starting)
+
+    def _reactor_starting(self) -> None:
+        """Reactor thread, "before startup": the start-up's busy span begins."""
+        self._startup_trigger = None
+        try:
+            pulse = self.pulse
+            if self._installed and pulse.tick == math.inf:
+                pulse.tick = self._clock()
+        except Exception as exc:
+            self._record_error(exc)
+
+    def _forget_start_up(self) -> None:
+        trigger, self._startup_trigger = self._startup_trigger, None
+        if trigger is not None:
+            with contextlib.suppress(Exception):  # fired already, or the reactor is gone
+                self._reactor.removeSystemEventTrigger(trigger)
 
     def _record_error(self, exc: BaseException) -> None:
         self._errors.record(self.name, exc)
@@ -213,11 +266,18 @@ class LoopProbe:
         busy_s = now - start
         captured = pulse.captured
         stack: list[str] = []
+        where: str | None = None
+        owner = "program"
         if captured is not None and captured[0] == start:
             stack = captured[1]
             pulse.captured = None
+            detail = self.watchdog.detail if self.watchdog is not None else None
+            if detail is not None and detail[0] == start:
+                where, owner = detail[1], detail[2]
+            elif stack:
+                where = stack[-1]
         self.blocks_total += 1
-        self._blocks.append((start, busy_s, stack))
+        self._blocks.append((start, busy_s, stack, where, owner))
         lag = self.lag
         lag.counts[bisect_left(lag.bounds_s, busy_s)] += 1
         lag.sum_s += busy_s
@@ -240,27 +300,42 @@ class LoopProbe:
         return (*lag.bounds_s, math.inf), cumulative_le(counts), lag.sum_s, sum(counts)
 
     def collect(self) -> JSONDict:
-        """The ``loop`` section; closes the current interval. Reactor thread."""
+        """The ``loop`` section; closes the current interval (the sampler's read). Reactor
+        thread."""
+        return self._section(close=True)
+
+    def peek(self) -> JSONDict:
+        """The ``loop`` section as of now, closing nothing: ``busy_ratio``, ``interval_s``,
+        ``lag_ms.last`` and ``max_lateness_ms`` cover the interval still open since the latest
+        ``collect()``, the percentiles include it, and the next ``collect()`` returns what it
+        would have returned without this call. Reactor thread."""
+        return self._section(close=False)
+
+    def _section(self, *, close: bool) -> JSONDict:
         lag = self.lag
         pulse = self.pulse
         now = self._clock()
         counts = list(lag.counts)
         delta = [a - b for a, b in zip(counts, self._prev_counts, strict=True)]
-        self._prev_counts = counts
-        late_max_s, lag.late_max_s = lag.late_max_s, 0.0
-        busy_max_s, pulse.busy_max_s = pulse.busy_max_s, 0.0
-        self._closed_late_max_s = late_max_s
-        interval_max_s = max(late_max_s, busy_max_s)
+        late_max_s = lag.late_max_s
+        interval_max_s = max(late_max_s, pulse.busy_max_s)
         window = self._window
-        if any(delta):
-            window.add_interval(now, delta, interval_max_s)
-        else:
-            window.expire(now)
-
         wall_s = now - self._prev_at
         idle_s = pulse.idle_s - self._prev_idle_s
-        self._prev_at = now
-        self._prev_idle_s = pulse.idle_s
+        if close:
+            self._prev_counts = counts
+            lag.late_max_s = 0.0
+            pulse.busy_max_s = 0.0
+            self._closed_late_max_s = late_max_s
+            if any(delta):
+                window.add_interval(now, delta, interval_max_s)
+            else:
+                window.expire(now)
+            view = window.view()
+            self._prev_at = now
+            self._prev_idle_s = pulse.idle_s
+        else:
+            view = window.view(now, (delta, interval_max_s))
         busy_ratio: float | None = None
         if self.wait_hook is not None and wall_s > 0:
             busy_ratio = round(min(1.0, max(0.0, 1.0 - idle_s / wall_s)), 4)
@@ -269,18 +344,24 @@ class LoopProbe:
         return {
             "lag_ms": {
                 "last": finite_ms(interval_max_s),
-                "p50": finite_ms(window.percentile_s(0.50, bounds)),
-                "p99": finite_ms(window.percentile_s(0.99, bounds)),
-                "max": finite_ms(window.max_s()),
-                "samples": window.count,
+                "p50": finite_ms(view.percentile_s(0.50, bounds)),
+                "p99": finite_ms(view.percentile_s(0.99, bounds)),
+                "max": finite_ms(view.max_s),
+                "samples": view.count,
             },
             "busy_ratio": busy_ratio,
             "interval_s": round(max(wall_s, 0.0), 6),
             "iterations_total": pulse.spans,
             "blocks_total": self.blocks_total,
             "blocks": [
-                {"at": round(at, 6), "duration_ms": finite_ms(dur), "stack": list(stack)}
-                for at, dur, stack in self._blocks
+                {
+                    "at": round(at, 6),
+                    "duration_ms": finite_ms(dur),
+                    "stack": list(stack),
+                    "where": where,
+                    "owner": owner,
+                }
+                for at, dur, stack, where, owner in self._blocks
             ],
             "threshold_ms": round(self.threshold_s * 1000.0, 3),
             "max_lateness_ms": round(late_max_s * 1000.0, 3),

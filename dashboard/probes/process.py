@@ -70,7 +70,8 @@ class ProcessProbe:
       probe was first installed (``started_at`` says which instant was used).
     - ``cpu_percent``: user+system CPU time over wall time between this collect and the
       previous one, in percent of one core (above 100 with busy threads); 0.0 on the first
-      collect after ``install()``.
+      collect after ``install()``. ``peek()`` returns the same section over the time since the
+      latest ``collect()`` without moving that baseline (a snapshot between samples).
     - ``open_fds``: entries of ``/proc/self/fd`` (or ``/dev/fd``), minus the one the listing
       itself opens.
     - ``threads``: native threads of the process from ``/proc/self/task`` (it counts threads
@@ -107,6 +108,16 @@ class ProcessProbe:
         self._fds_cache = None
 
     def collect(self) -> JSONDict:
+        """The ``process`` section; ``cpu_percent`` covers the time since the previous
+        ``collect()``, which this one closes (the sampler's read)."""
+        return self._section(close=True)
+
+    def peek(self) -> JSONDict:
+        """The ``process`` section as of now; ``cpu_percent`` covers the time since the latest
+        ``collect()``, and no baseline moves."""
+        return self._section(close=False)
+
+    def _section(self, *, close: bool) -> JSONDict:
         pid = os.getpid()
         if pid != self._pid:  # forked: our start time and CPU baseline belong to the parent
             self._pid, self._started_at, self._last_cpu = pid, None, None
@@ -118,7 +129,7 @@ class ProcessProbe:
             "uptime_s": round(max(0.0, time.time() - started_at), 3),
             "started_at": started_at,
             "rss_bytes": self._guard(self._rss_bytes),
-            "cpu_percent": self._cpu_percent(times.user + times.system),
+            "cpu_percent": self._cpu_percent(times.user + times.system, close=close),
             "cpu_user_s": round(times.user, 3),
             "cpu_system_s": round(times.system, 3),
             "open_fds": self._guard(self._open_fds),
@@ -182,9 +193,11 @@ class ProcessProbe:
         except OSError:
             return None
 
-    def _cpu_percent(self, cpu_s: float) -> float:
+    def _cpu_percent(self, cpu_s: float, *, close: bool) -> float:
         now = time.monotonic()
-        last, self._last_cpu = self._last_cpu, (now, cpu_s)
+        last = self._last_cpu
+        if close:
+            self._last_cpu = (now, cpu_s)
         if last is None or now <= last[0]:
             return 0.0
         return round(max(0.0, (cpu_s - last[1]) / (now - last[0]) * 100.0), 1)

@@ -44,6 +44,9 @@ class ReactorPulse:
         self.captured: tuple[float, list[str]] | None = None
 
 
+#: Names a captured stack by its innermost frame: ``(where, owner)``.
+Judge: TypeAlias = Callable[[FrameType | None], tuple[str | None, str]]
+
 #: The pure-Python pulse or its compiled twin (``dashboard._accel.Pulse``: the same fields in C,
 #: plus ``wait_busy``/``interrupt``, with which the watchdog waits without the GIL).
 Pulse: TypeAlias = "ReactorPulse | CompiledPulse"
@@ -80,6 +83,11 @@ class Watchdog:
 
     ``on_error`` is called (from the watchdog thread) with any exception of a check.
     ``start()``/``stop()`` are called from the reactor thread.
+
+    ``judge(frame)`` names a captured stack's ``(where, owner)`` (see
+    :mod:`dashboard.probes.stack_owner`); ``detail`` holds ``(tick, where, owner)`` of the
+    latest capture, set before ``pulse.captured``. A failing judge is reported to ``on_error``
+    and the stack is still published, named by its innermost frame.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class Watchdog:
         on_error: Callable[[BaseException], None],
         interval_s: float = 0.005,
         format_stack: Callable[[FrameType | None], list[str]] = format_stack,
+        judge: Judge | None = None,
     ) -> None:
         self.pulse = pulse
         self.thread_ident = thread_ident
@@ -99,6 +108,9 @@ class Watchdog:
         self.interval_s = interval_s
         self.clock = clock
         self.format_stack = format_stack
+        self.judge = judge
+        #: ``(tick, where, owner)`` of the latest capture
+        self.detail: tuple[float, str | None, str] | None = None
         self._on_error = on_error
         self._caught_tick = math.inf
         self._stopping = threading.Event()
@@ -178,6 +190,15 @@ class Watchdog:
                 if self._stopping.wait(self.threshold_s):
                     return
 
+    def _judge(self, frame: FrameType | None, stack: list[str]) -> tuple[str | None, str]:
+        judge = self.judge
+        if judge is not None:
+            try:
+                return judge(frame)
+            except Exception as exc:
+                self._on_error(exc)
+        return (stack[-1] if stack else None), "program"
+
     def next_delay(self) -> float:
         """Seconds to sleep before the next look: until the current busy span reaches the
         threshold, or a whole threshold while waiting or once this span is caught."""
@@ -198,11 +219,13 @@ class Watchdog:
         frame = sys._current_frames().get(self.thread_ident)
         try:
             stack = self.format_stack(frame)
+            where, owner = self._judge(frame, stack)
         finally:
             del frame  # never keep the watched thread's frames alive
         if pulse.tick != tick:
             return False  # the block ended while we looked: the stack would be of something else
         self._caught_tick = tick
+        self.detail = (tick, where, owner)
         pulse.captured = (tick, stack)
         self.captures_total += 1
         return True

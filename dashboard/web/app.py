@@ -49,6 +49,16 @@ class DashboardApp:
         #: The SSE fan-out of this app (at most 100 streams unless given another hub).
         self.events = events if events is not None else EventHub(monitor)
         self._openapi: bytes | None = None
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Do now, while the resource is built, what the first requests would otherwise do
+        on the reactor thread: compile the templates, read the static files, build the
+        route matcher and the OpenAPI document. Otherwise the dashboard's first page
+        render stalls the loop it watches (and reads as the program's block)."""
+        page.page_assets().prepare()
+        self.app.url_map.update()
+        self.openapi_body()
 
     @app.route("/", methods=READ_METHODS)
     def index(self, request: Request) -> bytes:
@@ -105,10 +115,14 @@ class DashboardApp:
     def openapi(self, request: Request) -> bytes:
         """The OpenAPI 3.0 description of every endpoint (see dashboard/web/openapi.py)."""
         query_params(request, {})
+        return json_body(request, self.openapi_body())
+
+    def openapi_body(self) -> bytes:
+        """The OpenAPI document as JSON bytes, built once."""
         if self._openapi is None:
             document = openapi_document(self.monitor.history_seconds)
             self._openapi = json.dumps(document, separators=(",", ":")).encode()
-        return json_body(request, self._openapi)
+        return self._openapi
 
     @app.route("/api/", branch=True, methods=READ_METHODS)
     def unknown_api(self, request: Request) -> bytes:

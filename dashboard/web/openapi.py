@@ -43,7 +43,17 @@ def _object(properties: dict[str, str], nullable: bool = True) -> JSONDict:
     return {"type": "object", "nullable": nullable, "properties": props}
 
 
-_BLOCK = _object({"at": "number", "duration_ms": "number", "stack": "array"}, nullable=False)
+_BLOCK = _object(
+    {
+        "at": "number",
+        "duration_ms": "number",
+        "stack": "array",
+        "where": "string?",
+        "owner": "string",
+    },
+    nullable=False,
+)
+_BLOCK["properties"]["owner"]["enum"] = ["program", "dashboard"]
 _BLOCK["properties"]["stack"]["items"] = {"type": "string"}
 
 _LOOP = _object(
@@ -79,7 +89,33 @@ _DEFERREDS = _object(
         "sites_total": "integer",
         "sites": "array",
         "oldest": "array",
+        "own": "object",
+        "lost_sites": "array",
+        "loops": "object",
     }
+)
+_DEFERREDS["properties"]["own"] = _object(
+    {
+        "pending": "integer",
+        "created_total": "integer",
+        "fired_total": "integer",
+        "unfired_collected_total": "integer",
+    },
+    nullable=False,
+)
+_DEFERREDS["properties"]["lost_sites"]["items"] = _object(
+    {
+        "site": "string",
+        "unfired_collected_total": "integer",
+        "lost_last_60s": "integer",
+        "last_lost_age_s": "number?",
+        "pending": "integer",
+    },
+    nullable=False,
+)
+_DEFERREDS["properties"]["loops"] = _object({"pending": "integer", "items": "array"}, False)
+_DEFERREDS["properties"]["loops"]["properties"]["items"]["items"] = _object(
+    {"function": "string", "pending": "integer", "oldest_age_s": "number?"}, nullable=False
 )
 _CONNECTIONS = _object(
     {
@@ -95,10 +131,27 @@ _CONNECTIONS = _object(
         "items_truncated": "boolean",
         "hot_path": "string",
         "tcp_counts": "string",
+        "own": "object",
     }
 )
+_CONNECTIONS["properties"]["own"] = _object({"open": "integer", "listening": "array"}, False)
+_CONNECTIONS["properties"]["own"]["properties"]["listening"]["items"] = {"type": "string"}
 _POOL = _object(
-    {"name": "string", "kind": "string", "max": "integer?", "in_use": "integer?"},
+    {
+        "name": "string",
+        "kind": "string",
+        "max": "integer?",
+        "in_use": "integer?",
+        "reactor": "boolean",
+        "max_per_host": "integer?",
+        "hosts": "array",
+        "driver": "string?",
+        "database": "string?",
+    },
+    nullable=False,
+)
+_POOL["properties"]["hosts"]["items"] = _object(
+    {"host": "string", "in_use": "integer?", "idle": "integer?", "max": "integer?"},
     nullable=False,
 )
 _TIMEOUTS = _object(
@@ -106,8 +159,10 @@ _TIMEOUTS = _object(
         "delayed_calls": "integer",
         "overdue_calls": "integer",
         "fired_total": "object",
+        "cancelled_total": "integer",
         "recent": "array",
         "by_function": "array",
+        "own_calls": "integer",
     }
 )
 _PROCESS = _object(

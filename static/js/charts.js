@@ -1,7 +1,7 @@
 // The time-series charts (uPlot, vendored). Each update sets every chart's data over the
 // chosen window and draws at once; the time it takes is measured with performance.now().
 
-import { count, ms, rate } from "./format.js";
+import { count, ms, rate, shortPool } from "./format.js";
 
 const HEIGHT_PX = 150;
 
@@ -153,7 +153,7 @@ export class ChartBoard {
       series: [
         {},
         ...labels.map((label, i) => ({
-          label,
+          label: def.pools ? shortPool(label) : label,
           stroke: series[i % series.length],
           width: 1.5,
           points: { show: false },

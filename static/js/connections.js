@@ -51,17 +51,13 @@ export function renderConnections(snapshot) {
     ),
   );
   fillBody(table, rows.length ? rows : [emptyRow(9, "No open connections.")]);
-  const listening = (section.listening || []).map((l) => l.address).join(", ");
-  const sse = snapshot.sse;
+  const listening = (section.listening || []).map((l) => l && l.address).filter((a) => a).join(", ");
+  // The dashboard's own port, connections and streams are on the own-work line, not here.
   setText(
     "connections-note",
     `${count(section.open)} open · ${count(section.failed_connects_total)} failed connects` +
       (section.items_truncated ? ` · ${items.length} of ${count(section.items_total)} listed` : "") +
-      (listening ? ` · listening on ${listening}` : "") +
-      (sse
-        ? ` · dashboard streams ${count(sse.clients)}/${count(sse.max_clients)},` +
-          ` ${count(sse.dropped_slow_total)} slow dropped, ${count(sse.rejected_total)} refused`
-        : ""),
+      (listening ? ` · listening on ${listening}` : ""),
   );
 }
 

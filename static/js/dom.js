@@ -1,6 +1,8 @@
 // Small DOM builders. Data only ever enters the page as textContent or attribute values,
 // never as markup.
 
+import { shortSite } from "./format.js";
+
 /**
  * An element with attributes and children; strings become text nodes.
  * `attrs.class` sets className, `attrs.title` a tooltip; other keys are attributes.
@@ -35,6 +37,12 @@ export function breakable(text) {
 /** A <td>, with an optional class; content as for el(). */
 export function td(cls, ...children) {
   return el("td", cls ? { class: cls } : {}, ...children);
+}
+
+/** A cell showing a "file:line in function" site, shortened, with the full text as tooltip. */
+export function siteCell(site, cls = "site") {
+  const text = typeof site === "string" ? site : "–";
+  return td(cls, el("code", { title: text }, ...breakable(shortSite(text))));
 }
 
 /** A row saying the table has nothing to show. */

@@ -73,3 +73,17 @@ export function shortSite(site) {
   if (parts.length <= 3) return site;
   return `…/${parts.slice(-2).join("/")}${at >= 0 ? site.slice(at) : ""}`;
 }
+
+/** A pool's name kept short for a chart legend: a creation site as shortSite does, an
+ * adbapi pool's "driver /path/to/db" as "driver …/db"; anything else unchanged. */
+export function shortPool(name) {
+  if (typeof name !== "string") return DASH;
+  if (/:\d+ in /.test(name)) return shortSite(name);
+  const space = name.indexOf(" ");
+  if (space > 0) {
+    const path = name.slice(space + 1);
+    const parts = path.split("/");
+    if (parts.length > 2) return `${name.slice(0, space)} …/${parts[parts.length - 1]}`;
+  }
+  return name;
+}

@@ -2,13 +2,17 @@
 // "api/v1/history", then live snapshots over server-sent events from "api/v1/events".
 // Every URL is relative, so the page works wherever the dashboard is mounted.
 
+import { renderBlocks } from "./blocks.js";
 import { ChartBoard, chartStats } from "./charts.js";
 import { renderConnections, setUpConnectionSorting } from "./connections.js";
 import { el, setText } from "./dom.js";
 import * as fmt from "./format.js";
+import { renderOwn } from "./own.js";
+import { renderPools } from "./pools.js";
 import { SeriesStore } from "./store.js";
 import { SnapshotStream } from "./stream.js";
 import * as tables from "./tables.js";
+import { renderTimeouts } from "./timeouts.js";
 import { SiteTrends } from "./trends.js";
 import { judge } from "./verdict.js";
 
@@ -102,7 +106,7 @@ function renderVerdict(snapshot) {
         "li",
         { class: "reason-ok" },
         `no block in the last ${limits.recent_s} s, lag p99 under ${fmt.ms(limits.lag_p99_ms)}, ` +
-          "pending Deferreds and timeouts steady, no pool saturated",
+          "pending Deferreds and timeouts steady, no site losing results, no pool saturated",
       ),
     );
   }
@@ -154,12 +158,15 @@ function render() {
   renderVerdict(snapshot);
   renderFigures(snapshot);
   board.update();
+  renderOwn(snapshot);
   tables.renderSites(snapshot, trends);
+  tables.renderLost(snapshot);
   tables.renderOldest(snapshot);
-  tables.renderBlocks(snapshot);
+  tables.renderLoops(snapshot);
+  renderBlocks(snapshot);
   renderConnections(snapshot);
-  tables.renderPools(snapshot);
-  tables.renderTimeouts(snapshot);
+  renderPools(snapshot);
+  renderTimeouts(snapshot);
   setText("seq", `#${snapshot.seq}`);
   stats.renders += 1;
   stats.renderedSeq = snapshot.seq;

@@ -1,16 +1,14 @@
-// The tables and lists under the charts, rebuilt from each rendered snapshot.
+// The Deferred tables under the charts, rebuilt from each rendered snapshot: pending by
+// site, where results are lost, the oldest pending and the running loops (kept apart).
 // Text goes in through textContent (el/td); nothing from a snapshot is parsed as markup.
+// Any field may be missing (an older snapshot) and a section null (its probe failed).
 
-import { breakable, el, emptyRow, fillBody, setText, sparkline, td } from "./dom.js";
-import { age, clock, count, ms, shortSite } from "./format.js";
+import { el, emptyRow, fillBody, setText, siteCell, sparkline, td } from "./dom.js";
+import { age, count } from "./format.js";
 
 const SHOWN_SITES = 25;
-const SHOWN_TIMEOUTS = 25;
-
-/** A cell showing a "file:line in function" site, shortened, with the full text as tooltip. */
-function siteCell(site) {
-  return td("site", el("code", { title: site }, ...breakable(shortSite(site))));
-}
+const SHOWN_LOST = 20;
+const SHOWN_LOOPS = 20;
 
 function trendCell(trend) {
   const { delta, values, spanS } = trend;
@@ -55,6 +53,33 @@ export function renderSites(snapshot, trends) {
   );
 }
 
+/** Sites that lost Deferreds (garbage-collected unfired), newest loss first as listed. */
+export function renderLost(snapshot) {
+  const table = document.getElementById("lost-table");
+  const deferreds = snapshot.deferreds || {};
+  const lost = (Array.isArray(deferreds.lost_sites) ? deferreds.lost_sites : []).filter((s) => s);
+  const rows = lost.slice(0, SHOWN_LOST).map((s) =>
+    el(
+      "tr",
+      { class: s.lost_last_60s > 0 ? "losing" : null },
+      siteCell(s.site),
+      td("num", count(s.unfired_collected_total)),
+      td(s.lost_last_60s > 0 ? "num warn" : "num", count(s.lost_last_60s)),
+      td("num", s.last_lost_age_s === null || s.last_lost_age_s === undefined ? "–" : `${age(s.last_lost_age_s)} ago`),
+      td("num", count(s.pending)),
+    ),
+  );
+  const none = Array.isArray(deferreds.lost_sites)
+    ? "No Deferred lost: none was garbage-collected without firing."
+    : "Not reported by this version of the dashboard.";
+  fillBody(table, rows.length ? rows : [emptyRow(5, none)]);
+  const recent = lost.reduce((sum, s) => sum + (s.lost_last_60s || 0), 0);
+  setText(
+    "lost-note",
+    `${count(deferreds.unfired_collected_total)} lost in total · ${count(recent)} in the last minute`,
+  );
+}
+
 export function renderOldest(snapshot) {
   const table = document.getElementById("oldest-table");
   const deferreds = snapshot.deferreds || {};
@@ -70,91 +95,27 @@ export function renderOldest(snapshot) {
     );
   });
   fillBody(table, rows.length ? rows : [emptyRow(3, "No pending Deferreds.")]);
-  setText("oldest-note", `oldest ${age(deferreds.oldest_pending_age_s)}`);
-}
-
-/** Blocks keep their element (and so their open/closed state) across updates. */
-const blockItems = new Map();
-
-export function renderBlocks(snapshot) {
-  const list = document.getElementById("blocks-list");
-  const loop = snapshot.loop || {};
-  const blocks = [...(loop.blocks || [])].reverse(); // newest first
-  const keep = new Set();
-  const items = blocks.map((b) => {
-    const key = `${b.at}|${b.duration_ms}`;
-    keep.add(key);
-    let item = blockItems.get(key);
-    if (!item) {
-      const stack = b.stack || [];
-      const where = stack.length ? stack[stack.length - 1] : "no stack captured";
-      item = el(
-        "li",
-        {},
-        el(
-          "details",
-          {},
-          el(
-            "summary",
-            {},
-            el("span", { class: "block-time" }, clock(b.at)),
-            el("span", { class: "block-duration" }, ms(b.duration_ms)),
-            el("code", { title: where }, shortSite(where)),
-          ),
-          el("ol", { class: "stack" }, ...stack.map((frame) => el("li", {}, el("code", {}, frame)))),
-        ),
-      );
-      blockItems.set(key, item);
-    }
-    return item;
-  });
-  for (const key of [...blockItems.keys()]) if (!keep.has(key)) blockItems.delete(key);
-  list.replaceChildren(...(items.length ? items : [el("li", { class: "muted" }, "No blocks recorded.")]));
-  const threshold = loop.threshold_ms;
+  const loops = deferreds.loops && Number.isFinite(deferreds.loops.pending) ? deferreds.loops.pending : null;
   setText(
-    "blocks-note",
-    `${count(loop.blocks_total)} in total · stuck over ${ms(threshold)} counts`,
+    "oldest-note",
+    `oldest ${age(deferreds.oldest_pending_age_s)}` +
+      (loops ? ` · running loops apart (${count(loops)} pending)` : ""),
   );
 }
 
-export function renderPools(snapshot) {
-  const table = document.getElementById("pools-table");
-  const pools = snapshot.pools || [];
-  const rows = pools.map((p) => {
-    const hasMax = p.max !== null && p.max !== undefined;
-    const share = hasMax && p.max > 0 ? Math.min(1, p.in_use / p.max) : 0;
-    const bar = el("span", { class: "bar", "aria-hidden": "true" }, el("span", { class: "bar-fill" }));
-    bar.firstChild.style.width = `${(share * 100).toFixed(0)}%`;
-    const saturated = p.waiting > 0 && (!hasMax || p.in_use >= p.max);
-    return el(
-      "tr",
-      { class: saturated ? "saturated" : null },
-      td("", el("code", {}, p.name)),
-      td("", p.kind),
-      td("usage", bar, `${count(p.in_use)} / ${hasMax ? count(p.max) : "∞"}`),
-      td("num", count(p.idle)),
-      td(saturated ? "num warn" : "num", count(p.waiting)),
-    );
-  });
-  fillBody(table, rows.length ? rows : [emptyRow(5, "No pools seen.")]);
-  const waiting = pools.reduce((a, p) => a + (p.waiting || 0), 0);
-  setText("pools-note", `${pools.length} pools · ${count(waiting)} waiting`);
-}
-
-export function renderTimeouts(snapshot) {
-  const table = document.getElementById("timeouts-table");
-  const timeouts = snapshot.timeouts || {};
-  const recent = [...(timeouts.recent || [])].reverse().slice(0, SHOWN_TIMEOUTS);
-  const rows = recent.map((t) =>
-    el("tr", {}, td("num", clock(t.at)), td("", t.kind), td("what", t.what)),
+/** The long-lived Deferreds of running LoopingCalls: not stuck work, so shown apart. */
+export function renderLoops(snapshot) {
+  const table = document.getElementById("loops-table");
+  const deferreds = snapshot.deferreds || {};
+  const loops = deferreds.loops || {};
+  const items = (Array.isArray(loops.items) ? loops.items : []).filter((l) => l);
+  const rows = items.slice(0, SHOWN_LOOPS).map((l) =>
+    el("tr", {}, siteCell(l.function), td("num", count(l.pending)), td("num", age(l.oldest_age_s))),
   );
-  fillBody(table, rows.length ? rows : [emptyRow(3, "No timeouts yet.")]);
-  const fired = Object.entries(timeouts.fired_total || {})
-    .map(([kind, n]) => `${kind} ${count(n)}`)
-    .join(" · ");
+  fillBody(table, rows.length ? rows : [emptyRow(3, "No LoopingCall running.")]);
   setText(
-    "timeouts-note",
-    `${fired || "none fired"} · ${count(timeouts.delayed_calls)} delayed calls, ` +
-      `${count(timeouts.overdue_calls)} overdue`,
+    "loops-note",
+    `${count(loops.pending)} pending in ${count(items.length)} loop${items.length === 1 ? "" : "s"}` +
+      " · not counted as oldest pending",
   );
 }

@@ -1,23 +1,53 @@
 // The health verdict: "blocked" when the loop was stuck recently, "degraded" when something
 // is wrong but the loop runs, else "ok"; each with the reasons that led to it.
 
-import { ms, rate, shortSite } from "./format.js";
+import { blockPlace } from "./blocks.js";
+import { count, ms, rate, shortSite } from "./format.js";
 
 const mean = (values) => values.reduce((a, b) => a + b, 0) / values.length;
 
-/** Recent blocks (within `recentS` of the snapshot) as a reason, or null. */
-function blockReason(snapshot, recentS) {
+/**
+ * Recent blocks (within `recentS` of the snapshot) as reasons: the program's, labelled by
+ * the innermost frame it owns, and apart from them the dashboard's own (its work stalled
+ * the loop too, and says so). None, one or two reasons.
+ */
+function blockReasons(snapshot, recentS) {
   const loop = snapshot.loop || {};
-  const blocks = (loop.blocks || []).filter((b) => snapshot.time - b.at <= recentS);
-  if (!blocks.length) return null;
-  const longest = blocks.reduce((a, b) => ((b.duration_ms ?? 0) > (a.duration_ms ?? 0) ? b : a));
-  const where = longest.stack && longest.stack.length ? longest.stack[longest.stack.length - 1] : "";
-  const times = blocks.length === 1 ? "once" : `${blocks.length} times`;
+  const recent = (loop.blocks || []).filter((b) => b && snapshot.time - b.at <= recentS);
+  const reasons = [];
+  for (const dashboard of [false, true]) {
+    const blocks = recent.filter((b) => blockPlace(b).dashboard === dashboard);
+    if (!blocks.length) continue;
+    const longest = blocks.reduce((a, b) => ((b.duration_ms ?? 0) > (a.duration_ms ?? 0) ? b : a));
+    const { where } = blockPlace(longest);
+    const times = blocks.length === 1 ? "once" : `${blocks.length} times`;
+    const who = dashboard ? "the dashboard's own work blocked the loop" : "the loop blocked";
+    reasons.push({
+      level: "blocked",
+      text:
+        `${who} ${times} in the last ${recentS} s, ` +
+        `longest ${ms(longest.duration_ms)}${where ? ` in ${shortSite(where)}` : ""}`,
+    });
+  }
+  return reasons;
+}
+
+/** The site that lost the most Deferreds (garbage-collected unfired) in the last minute,
+ * when it lost at least `limits.lost_recent_min`; null otherwise. */
+function lostReason(snapshot, limits) {
+  const deferreds = snapshot.deferreds || {};
+  const sites = (Array.isArray(deferreds.lost_sites) ? deferreds.lost_sites : []).filter(
+    (s) => s && s.lost_last_60s >= limits.lost_recent_min,
+  );
+  if (!sites.length) return null;
+  const worst = sites.reduce((a, b) => (b.lost_last_60s > a.lost_last_60s ? b : a));
+  const others = sites.length - 1;
   return {
-    level: "blocked",
+    level: "degraded",
     text:
-      `the loop blocked ${times} in the last ${recentS} s, ` +
-      `longest ${ms(longest.duration_ms)}${where ? ` in ${shortSite(where)}` : ""}`,
+      `results lost: ${count(worst.lost_last_60s)} Deferreds garbage-collected unfired in the ` +
+      `last minute at ${shortSite(worst.site)}` +
+      (others ? ` (and ${others} more site${others === 1 ? "" : "s"})` : ""),
   };
 }
 
@@ -84,14 +114,15 @@ function poolReasons(snapshot) {
 export function judge(snapshot, rows, limits) {
   const reasons = [];
   const recentRows = rows.filter((r) => r.t >= snapshot.time - limits.recent_s);
-  const blocked = blockReason(snapshot, limits.recent_s);
-  if (blocked) reasons.push(blocked);
+  reasons.push(...blockReasons(snapshot, limits.recent_s));
   const lag = snapshot.loop && snapshot.loop.lag_ms ? snapshot.loop.lag_ms.p99 : null;
   if (lag !== null && lag !== undefined && lag > limits.lag_p99_ms) {
     reasons.push({ level: "degraded", text: `loop lag p99 ${ms(lag)}, over ${ms(limits.lag_p99_ms)}` });
   }
   const pending = pendingReason(recentRows, limits);
   if (pending) reasons.push(pending);
+  const lost = lostReason(snapshot, limits);
+  if (lost) reasons.push(lost);
   reasons.push(...poolReasons(snapshot));
   const timeouts = timeoutsReason(rows, limits);
   if (timeouts) reasons.push(timeouts);

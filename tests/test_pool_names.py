@@ -1,0 +1,122 @@
+"""pool_names: the names a user recognises for pools, and what they must never show."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard.probes import pool_names
+from dashboard.probes.pool_names import adbapi_name, creation_site, database_of, host_label
+
+
+def test_creation_site_skips_library_frames_and_says_via_whom(tmp_path: Path) -> None:
+    # A "treq" package of our own: a function in it makes the pool for its caller.
+    library = tmp_path / "treq"
+    library.mkdir()
+    source = "import sys\ndef make(then):\n    return then(sys._getframe(0))\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, str(library / "api.py"), "exec"), namespace)
+    dirs = (os.path.join(str(library), ""),)
+    made, line = namespace["make"](lambda f: creation_site(f, dirs)), sys._getframe().f_lineno
+    name = "test_creation_site_skips_library_frames_and_says_via_whom"
+    assert made == (f"{__file__}:{line} in {name}", "treq")
+    # Outside any library: the frame itself, with its qualified name.
+    outside, line = creation_site(sys._getframe(), ()), sys._getframe().f_lineno
+    assert outside == (f"{__file__}:{line} in {name}", None)
+    # The whole stack library code: the innermost frame.
+    inner = namespace["make"](lambda f: creation_site(f, ("/",)))
+    assert inner == (f"{library / 'api.py'}:3 in make", None)
+    assert creation_site(None) == (None, None)
+
+
+def test_an_installed_library_is_named_from_its_package() -> None:
+    # What Scrapy's download handler shows: the path from the package, the qualified name.
+    filename = "/v/lib/python3.11/site-packages/scrapy/core/downloader/handlers/http11.py"
+    source = "import sys\nclass HTTP11DownloadHandler:\n    def __init__(self):\n"
+    source += "        self.frame = sys._getframe(0)\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, filename, "exec"), namespace)
+    frame = namespace["HTTP11DownloadHandler"]().frame
+    assert creation_site(frame, ()) == (
+        "scrapy/core/downloader/handlers/http11.py:4 in HTTP11DownloadHandler.__init__",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("connargs", "connkw", "expected"),
+    [
+        (("/var/lib/app.db",), {"check_same_thread": False}, ("/var/lib/app.db", None)),
+        ((), {"database": "/tmp/x.db"}, ("/tmp/x.db", None)),
+        ((b"/tmp/bytes.db",), {}, ("/tmp/bytes.db", None)),
+        ((Path("/tmp/p.db"),), {}, ("/tmp/p.db", None)),
+        (("dbname=app host=db.internal user=u password=hunter2",), {}, ("app", "db.internal")),
+        (("host='db' dbname='app' password='hunter2'",), {}, ("app", "db")),
+        (("postgresql://u:hunter2@db.internal:5433/app",), {}, ("app", "db.internal:5433")),
+        ((), {"dsn": "dbname=app password=hunter2 host=h"}, ("app", "h")),
+        ((), {"db": "shop", "host": "mysql", "passwd": "hunter2"}, ("shop", "mysql")),
+        ((), {"dbname": "app", "password": "hunter2"}, ("app", None)),
+        ((), {"password": "hunter2"}, (None, None)),
+        ((), {}, (None, None)),
+        (None, None, (None, None)),
+        ((object(),), {"database": 42}, (None, None)),
+    ],
+)
+def test_database_of_reads_database_and_host_only(
+    connargs: object, connkw: object, expected: tuple[str | None, str | None]
+) -> None:
+    got = database_of(connargs, connkw)
+    assert got == expected
+    assert "hunter2" not in repr(got)
+
+
+def test_adbapi_name() -> None:
+    assert adbapi_name("sqlite3", "/tmp/app.db", None) == "sqlite3 /tmp/app.db"
+    assert adbapi_name("psycopg2", "app", "db") == "psycopg2 app@db"
+    assert adbapi_name("psycopg2", None, "db") == "psycopg2 @db"
+    assert adbapi_name("MySQLdb", None, None) == "MySQLdb"
+
+
+class Endpoint:
+    def __init__(self, host: str, port: int) -> None:
+        self._host, self._port = host, port
+
+
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        ((b"http", b"example.test", 80), "http://example.test:80"),
+        (("https", "example.test", 443), "https://example.test:443"),
+        ((b"http", b"::1", 8080), "http://::1:8080"),
+        # Scrapy: destination, then the proxy's host, port and Proxy-Authorization header.
+        (
+            (b"https", b"example.test", 443, "proxy.test", 3128, b"Basic dXNlcjpodW50ZXIy"),
+            "https://example.test:443 via proxy proxy.test:3128",
+        ),
+        # Scrapy with a bind address
+        ((b"http", b"example.test", 80, ("0.0.0.0", 0)), "http://example.test:80"),
+        # Twisted's ProxyAgent
+        (("http-proxy", Endpoint("proxy.test", 3128)), "http-proxy proxy.test:3128"),
+        (("http-proxy", object()), "http-proxy (object)"),
+        ((b"http", b"user:hunter2@host", 80), "<tuple key>"),
+        ("secret-string-key", "<str key>"),
+    ],
+)
+def test_host_label_shows_destination_never_credentials(key: object, label: str) -> None:
+    assert host_label(key) == label
+    assert "hunter2" not in host_label(key) and "dXNlcjpodW50ZXIy" not in host_label(key)
+
+
+def test_library_dirs_cover_twisted_treq_klein() -> None:
+    import klein
+    import treq
+    import twisted
+
+    for module in (twisted, treq, klein):
+        assert module.__file__ is not None
+        assert module.__file__.startswith(pool_names.LIBRARY_DIRS)
+    assert not __file__.startswith(pool_names.LIBRARY_DIRS)
