@@ -73,15 +73,24 @@ class Sample:
         return f"Sample(seq={self.seq}, time={self.time}, {len(self.encoded)} bytes)"
 
 
-def _serving_deferreds(events: EventHub | None) -> list[Any]:
-    """The Deferreds Twisted and Klein hold while the dashboard serves its open event streams
-    (each request's ``notifyFinish`` ones): the dashboard's own, not the program's. Called by
-    the Deferred probe at collect time; reactor thread."""
-    if events is None:
-        return []
-    return [
-        d for stream in list(events.streams) for d in getattr(stream.request, "notifications", ())
-    ]
+def _serving_deferreds(events: EventHub | None, connections: ConnectionsProbe | None) -> list[Any]:
+    """The Deferreds Twisted and Klein hold while the dashboard serves: each request's
+    ``notifyFinish`` ones, for its open event streams and for every request in flight on its
+    own port (a page, an API answer, ``?fresh=1``): the dashboard's own, not the program's.
+    Called by the Deferred probe at collect time; reactor thread."""
+    requests: list[Any] = []
+    if events is not None:
+        requests.extend(stream.request for stream in list(events.streams))
+    if connections is not None:
+        requests.extend(connections.own_requests())
+    seen: set[int] = set()
+    found: list[Any] = []
+    for request in requests:
+        for d in getattr(request, "notifications", ()):
+            if id(d) not in seen:
+                seen.add(id(d))
+                found.append(d)
+    return found
 
 
 class MonitorAlreadyRunning(RuntimeError):
@@ -191,7 +200,8 @@ class Monitor:
         self.events = EventHub(self, max_clients=self.max_sse_clients)
         # weakly: a probe's hooks may outlive its stop() on the stack, the monitor must not
         events = weakref.ref(self.events)
-        self.deferreds.serving = lambda: _serving_deferreds(events())
+        connections = weakref.ref(self.connections)
+        self.deferreds.serving = lambda: _serving_deferreds(events(), connections())
 
     @property
     def probes(self) -> tuple[Probe, ...]:

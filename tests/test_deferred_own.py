@@ -5,6 +5,7 @@ real thing over loopback on the test reactor (default and asyncio), both hot pat
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -200,3 +201,44 @@ async def test_open_event_streams_leave_the_programs_pending_unchanged(
         monitor.stop()
     assert after["own"]["pending"] == before["own"]["pending"]
     assert after["pending"] == before["pending"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_in_flight_on_the_own_port_is_not_the_programs(
+    accelerate: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?fresh=1`` over HTTP collects while its own request is in flight: the ``notifyFinish``
+    Deferreds Twisted holds for that request are the dashboard's, so the snapshot it answers
+    lists no pending Deferred at twisted.web's sites among the program's."""
+    monkeypatch.setenv(accel.ENV, "1" if accelerate else "0")
+    reactor = global_reactor()
+    monitor = Monitor(reactor, interval=0.05, history=20)
+    monitor.start()
+    own_port: Any = await monitor.listen("tcp:0:interface=127.0.0.1")
+    try:
+        client = await request(own_port.getHost().port, "/api/v1/snapshot?fresh=1")
+        await wait_until(lambda: client.lost, "the fresh snapshot")
+    finally:
+        await own_port.stopListening()
+        monitor.stop()
+    head, _, body = bytes(client.received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if b"transfer-encoding: chunked" in head.lower():
+        body = dechunk(body)
+    section = json.loads(body)["deferreds"]
+    web_sites = [r for r in section["sites"] if "twisted/web/" in r["site"] and r["pending"]]
+    assert web_sites == []
+    assert section["own"]["pending"] >= 1  # the answering request's notifyFinish
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of a chunked HTTP/1.1 body."""
+    out = bytearray()
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += body[:size]
+        body = body[size + 2 :]
+    return bytes(out)

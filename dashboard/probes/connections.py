@@ -142,6 +142,27 @@ class ConnectionsProbe:
             if port is not None and self._is_own_port(port):
                 self.registry.make_port_own(port)
 
+    def own_requests(self) -> list[Any]:
+        """The HTTP requests in flight on the dashboard's own connections (its page, API and
+        stream answers), for the Deferred probe to count what they hold as the dashboard's.
+        O(own connections); reactor thread."""
+        found: list[Any] = []
+        for entry in list(self.registry.own_entries.values()):
+            transport = entry()
+            protocol = getattr(transport, "protocol", None)
+            for _ in range(4):  # TLS and policy wrappers over the HTTP channel
+                requests = getattr(protocol, "requests", None)
+                if isinstance(requests, list):
+                    found.extend(requests)
+                    break
+                # TLS's wrappedProtocol; twisted.web's HTTP/1.1-or-2 switch keeps the channel
+                # in _channel
+                inner = getattr(protocol, "wrappedProtocol", None)
+                protocol = inner if inner is not None else getattr(protocol, "_channel", None)
+                if protocol is None:
+                    break
+        return found
+
     def is_own(self, transport: object) -> bool:
         """Whether ``transport`` (a TCP or unix transport, or a TLS layer or protocol wrapper
         over one, as ``protocol.transport`` gives) is a connection accepted on the dashboard's
