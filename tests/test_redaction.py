@@ -82,6 +82,154 @@ def test_redact_uri(uri: str, shown: str) -> None:
     assert redact_uri(uri) == shown
 
 
+# A URL, a query or user info inside a parameter value is redacted in turn; the rest stays.
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("/cb?u=https://h/?access_token=SECRET", "/cb?u=https://h/?access_token=<redacted>"),
+        ("/login?next=http://alice:pw@evil/", "/login?next=http://alice:<redacted>@evil/"),
+        ("/login?next=https://TOKEN@evil/x", "/login?next=https://<redacted>@evil/x"),
+        ("/login?next=alice:pw@evil/p", "/login?next=alice:<redacted>@evil/p"),
+        # an e-mail address is not a credential
+        ("/invite?email=bob@example.com&n=1", "/invite?email=bob@example.com&n=1"),
+        # a query without a path, and one whose "?" was left out
+        ("/cb?state=token=S", "/cb?state=token=<redacted>"),
+        ("/cb?state=a/b?token=S", "/cb?state=a/b?token=<redacted>"),
+        ("/cb?u=/p?token=S#x=1;sig=S", "/cb?u=/p?token=<redacted>#x=1;sig=<redacted>"),
+        # no URL at the start: every name=value in it is looked at
+        ("/cb?state=token=S?next=http://h/", "/cb?state=token=<redacted>?next=http://h/"),
+        ("/cb?state=see+http://h/?sig=S", "/cb?state=see+http://h/?sig=<redacted>"),
+        # percent-encoded: decoded, redacted, encoded again as it came
+        (
+            "/login?next=http%3A%2F%2Falice%3Apw%40evil%2F%3Ftoken%3DX",
+            "/login?next=http%3A%2F%2Falice%3A<redacted>%40evil%2F%3Ftoken%3D<redacted>",
+        ),
+        ("/login?next=/p%3Ftoken%3DX%26n%3D1", "/login?next=/p%3Ftoken%3D<redacted>%26n%3D1"),
+        ("/login?next=http://h/p%3Ftoken%3DX", "/login?next=http://h/p%3Ftoken%3D<redacted>"),
+        ("/login?next=token%3dX", "/login?next=token%3D<redacted>"),
+        # twice encoded
+        (
+            "/a?u=https%3A%2F%2Fh%2F%3Fv%3Dhttps%253A%252F%252Fu%253Apw%2540g",
+            "/a?u=https%3A%2F%2Fh%2F%3Fv%3Dhttps%253A%252F%252Fu%253A<redacted>%2540g",
+        ),
+        # nothing secret inside: the value is left exactly as it came
+        ("/r?filter=%7B%22a%22%3A1%7D&u=http%3A%2F%2Fh%2F%3Fx%3D1", None),
+        ("/r?u=http://h/?x=1&email=a%40b.c&q=a%2Bb+c", None),
+        # too deep to follow: the innermost value that still holds a query is hidden whole
+        (
+            "/0?a=/1?b=/2?c=/3?d=/4?e=/5?token=S",
+            "/0?a=/1?b=/2?c=/3?d=/4?e=<redacted>",
+        ),
+    ],
+)
+def test_nested_urls_are_redacted(uri: str, shown: str | None) -> None:
+    assert redact_uri(uri) == (uri if shown is None else shown)
+
+
+def test_nested_redaction_in_free_text() -> None:
+    assert redact_text("redirect to /cb?u=http://a:pw@h/?sig=1 refused") == (
+        "redirect to /cb?u=http://a:<redacted>@h/?sig=<redacted> refused"
+    )
+
+
+def test_a_value_that_cannot_be_encoded_again_never_raises() -> None:
+    # An error message may hold a lone surrogate (a file name read with surrogateescape).
+    assert redact_text("in /p?u=\udcff%3Ftoken%3DX") == "in /p?u=%3F%3Ftoken%3D<redacted>"
+
+
+JOINED_SECRETS = [
+    "authtoken",
+    "apitoken",
+    "sessiontoken",
+    "secretkey",
+    "accesskey",
+    "authkey",
+    "privatetoken",
+    "usertoken",
+    "adminpassword",
+    "dbpass",
+    "apisecret",
+    "sessionkey",
+    "AUTHTOKEN",
+    "awssecretaccesskey",
+    "signingkey",
+    "masterkey",
+    "passkey",
+    "userpasswd",
+    "dbpwd",
+    "adminpassphrase",
+    "oauthsignature",
+    "sessioncookie",
+    "authticket",
+    "oauthcode",
+    "x_authtoken",
+    "authtoken2",
+    "AuthToken",
+]
+#: Words that end in a secret word's letters (or hold one) and are not secrets.
+JOINED_HARMLESS = [
+    "monkey",
+    "keyboard",
+    "bypass",
+    "compass",
+    "passenger",
+    "passage",
+    "turkey",
+    "hockey",
+    "donkey",
+    "tokenizer",
+    "encompass",
+    "overpass",
+    "underpass",
+    "trespass",
+    "surpass",
+    "obsession",
+    "possession",
+    "encode",
+    "decode",
+    "unicode",
+    "publickey",
+    "hotkey",
+    "secretary",
+    "author",
+    "authority",
+    "keynote",
+    "sessions",
+    "since",
+    "timeout",
+]
+
+
+def test_joined_words_ending_in_a_secret_word_are_secret() -> None:
+    for name in JOINED_SECRETS:
+        assert is_secret_param(name), name
+        assert redact_uri(f"/?{name}=S&n=1") == f"/?{name}=<redacted>&n=1"
+    for name in JOINED_HARMLESS:
+        assert not is_secret_param(name), name
+        assert redact_uri(f"/?{name}=v") == f"/?{name}=v"
+
+
+def test_extra_names_of_four_letters_or_more_are_matched_at_the_end_too() -> None:
+    redactor = Redactor(["nonce", "pin"])
+    assert redactor.is_secret("oauthnonce")
+    assert redactor.is_secret("pin") and redactor.is_secret("card_pin")
+    assert not redactor.is_secret("spin")  # under four letters: whole words only
+
+
+def test_a_long_joined_name_never_raises() -> None:
+    # 3000 "key"s: each is looked behind in turn, never by recursion.
+    assert not is_secret_param("key" * 3000 + "board")
+    assert not is_secret_param("mon" + "key" * 3000)
+    assert is_secret_param("auth" + "key" * 3000)
+
+
+def test_the_name_cache_stays_bounded() -> None:
+    redactor = Redactor()
+    for i in range(5000):
+        redactor.is_secret(f"name{i}x")
+    assert 0 < len(redactor._cache) <= 1024
+
+
 def test_every_named_default_is_secret() -> None:
     for name in DEFAULT_SECRET_PARAMS:
         assert is_secret_param(name), name
