@@ -30,22 +30,18 @@ from typing import Any
 
 import attrs
 
-from dashboard.probes.base import Patcher
+from dashboard.probes.base import Patcher, is_own_function, is_own_module
 
 #: The module whose ``_Janitor`` is wrapped.
 JANITOR_MODULE = "twisted.trial.util"
 #: Where the global reactor is, which a janitor given no reactor cleans.
 INSTALLED_REACTOR = "twisted.internet.reactor"
-#: The dashboard's own code (the demo workload is a program like any other).
-_OWN_PACKAGE = "dashboard"
-_PROGRAM_MODULES = ("dashboard.demo",)
 
 
 def is_dashboard_module(module: str) -> bool:
-    """Whether code in ``module`` is the dashboard's own (not the demo's)."""
-    if module in _PROGRAM_MODULES:
-        return False
-    return module == _OWN_PACKAGE or module.startswith(_OWN_PACKAGE + ".")
+    """Whether code in ``module`` is the dashboard's own (the demo workload is a program
+    like any other)."""
+    return is_own_module(module)
 
 
 @attrs.define
@@ -54,8 +50,10 @@ class OwnWork:
 
     ``ports``: the dashboard's listening ports (from ``Monitor.listen()``). Own selectables are
     those ports and the connections accepted on them; own delayed calls are those of a function
-    in the ``dashboard`` package, of the dashboard's site (its log-date timer) or of a protocol
-    on one of its connections (HTTP idle timeouts). Never raises.
+    in the ``dashboard`` package (judged by what it runs, see :func:`is_own_function`: the
+    dashboard's hook on a program's ``LoopingCall.start`` stays the program's), of the
+    dashboard's site (its log-date timer) or of a protocol on one of its connections (HTTP
+    idle timeouts). Never raises.
     """
 
     ports: list[Any] = attrs.field(factory=list)
@@ -69,7 +67,7 @@ class OwnWork:
     def owns_call(self, call: Any) -> bool:
         try:
             func = call.func
-            if is_dashboard_module(getattr(func, "__module__", None) or ""):
+            if is_own_function(func):  # what it runs: a hook on a program's method is not
                 return True
             holder = getattr(func, "__self__", None)
             if holder is None:

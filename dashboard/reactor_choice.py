@@ -24,6 +24,7 @@ Main thread only. ``uninstall()`` puts ``installReactor`` back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -32,10 +33,12 @@ from typing import Any
 import attrs
 from twisted.internet import main as internet_main
 
-from dashboard.attachment import PROG, Attachment
+from dashboard.attachment import PROG, Attachment, uninstall_reactor
 from dashboard.probes.base import Patcher
 
 INSTALLED = "twisted.internet.reactor"
+#: Errors of the dashboard's own kept in ``ReactorChoice.errors``.
+MAX_ERRORS = 10
 
 
 def reactor_short_name(reactor: Any) -> str | None:
@@ -99,6 +102,8 @@ class ReactorChoice:
     refused: str | None = attrs.field(default=None, init=False)
     #: the reactor the dashboard moved to, if it did
     followed: Any = attrs.field(default=None, init=False)
+    #: errors of the dashboard's own met while deciding or moving (one line each)
+    errors: list[str] = attrs.field(factory=list, init=False)
     _patcher: Patcher = attrs.field(factory=Patcher, init=False)
     _triggers: int = attrs.field(default=0, init=False)
     #: globals bound to the reactor before the program ran (klein's ``reactor``: the
@@ -126,15 +131,60 @@ class ReactorChoice:
         self._patcher.restore()
 
     def _program_installs(self, reactor: Any, install: Callable[[Any], None]) -> None:
+        """The program calls ``installReactor(reactor)``. An error of the dashboard's, in
+        deciding or in moving, never reaches the program: one line on stderr (kept in
+        ``errors``), and the outcome plain ``python`` would have had."""
         current = sys.modules.get(INSTALLED)
         ours = self.attachment.reactor
         if current is None or current is not ours or self.followed is not None:
             install(reactor)  # not ours to decide: Twisted's own behaviour
             return
-        why_not = self._why_not_follow(ours)
+        try:
+            why_not = self._why_not_follow(ours)
+        except Exception as exc:
+            self._note(exc)
+            why_not = (
+                f"the dashboard could not tell whether the program used it: {_error_text(exc)}"
+            )
         if why_not is None:
+            self._follow(reactor, ours, install)
+            return
+        self._refuse(reactor, ours, why_not)
+        install(reactor)  # raises ReactorAlreadyInstalledError, as without run
+
+    def _note(self, exc: Exception) -> None:
+        """Keep one line for an error of the dashboard's (the last ``MAX_ERRORS``)."""
+        self.errors.append(_error_text(exc))
+        del self.errors[:-MAX_ERRORS]
+
+    def _refuse(self, reactor: Any, ours: Any, why_not: str) -> None:
+        """Say, in one line, which ``--reactor`` to pass."""
+        try:
+            name = reactor_short_name(reactor)
+            fix = f"--reactor {name}" if name else "--reactor NAME"
+            self.refused = (
+                f"{PROG}: the program installs its own reactor ({type(reactor).__name__}), but"
+                f" {type(ours).__name__} was installed before it ran ({why_not}):"
+                f" run it with {fix}"
+            )
+            print(self.refused, file=sys.stderr, flush=True)
+        except Exception as exc:  # a closed stderr: the program's error still tells
+            self._note(exc)
+
+    def _follow(self, reactor: Any, ours: Any, install: Callable[[Any], None]) -> None:
+        """Move the dashboard to the program's ``reactor``. Twisted's own install failing
+        raises as without ``run``; any other error leaves the program's reactor installed
+        (as plain ``python`` would have) and the program without the dashboard."""
+        steps = {"install": False, "installed": False}
+
+        def tracked_install(new: Any) -> None:
+            steps["install"] = True
+            install(new)
+            steps["installed"] = True
+
+        try:
             self.uninstall()
-            self.attachment.move_to(reactor, install)
+            self.attachment.move_to(reactor, tracked_install)
             rebind_globals(self._dashboard_globals, ours, reactor)
             self.followed = reactor
             port = self.attachment.listening
@@ -145,16 +195,39 @@ class ReactorChoice:
                 file=sys.stderr,
                 flush=True,
             )
-            return
-        name = reactor_short_name(reactor)
-        fix = f"--reactor {name}" if name else "--reactor NAME"
-        self.refused = (
-            f"{PROG}: the program installs its own reactor ({type(reactor).__name__}), but"
-            f" {type(ours).__name__} was installed before it ran ({why_not}):"
-            f" run it with {fix}"
-        )
-        print(self.refused, file=sys.stderr, flush=True)
-        install(reactor)  # raises ReactorAlreadyInstalledError, as without run
+        except Exception as exc:
+            if steps["install"] and not steps["installed"]:
+                raise  # Twisted's own install failed: the program sees it as without run
+            self._could_not_follow(reactor, ours, install, exc, installed=steps["installed"])
+
+    def _could_not_follow(
+        self,
+        reactor: Any,
+        ours: Any,
+        install: Callable[[Any], None],
+        exc: Exception,
+        *,
+        installed: bool,
+    ) -> None:
+        """Moving failed on an error of the dashboard's: stop what is left of it, install the
+        program's reactor if that is not done yet, and say so in one line."""
+        self._note(exc)
+        with contextlib.suppress(Exception):
+            self.attachment.stop()
+        with contextlib.suppress(Exception):
+            rebind_globals(self._dashboard_globals, ours, reactor)
+        with contextlib.suppress(Exception):
+            print(
+                f"{PROG}: the dashboard could not move to the program's reactor"
+                f" ({type(reactor).__name__}): {_error_text(exc)}; the program runs without it",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not installed:
+            if sys.modules.get(INSTALLED) is ours:
+                with contextlib.suppress(Exception):
+                    uninstall_reactor(ours)
+            install(reactor)  # what plain python does; Twisted's own error if it cannot
 
     def _why_not_follow(self, reactor: Any) -> str | None:
         """None when the program never used ``reactor``; else the reason, in a few words."""
@@ -175,3 +248,9 @@ class ReactorChoice:
         if held:
             return f"module {held[0][0]} imported it"
         return None
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` of an error, on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

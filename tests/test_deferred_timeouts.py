@@ -314,7 +314,8 @@ async def test_synapse_timeout_deferred_long_polls(probe: TimeoutsProbe) -> None
     listeners: list[defer.Deferred[Any]] = [defer.Deferred() for _ in range(4)]
     listeners.append(defer.Deferred(failing_canceller))
     polls = [timeout_deferred(listener, 0.2, clock) for listener in listeners]
-    answered = timeout_deferred(defer.Deferred(), 5, clock)
+    source: defer.Deferred[Any] = defer.Deferred()
+    answered = timeout_deferred(source, 5, clock)
     results = await defer.DeferredList(polls, consumeErrors=True)
     assert all(not ok and f.check(defer.TimeoutError) for ok, f in results)
     timeouts, cancelled = counts(probe)
@@ -322,6 +323,8 @@ async def test_synapse_timeout_deferred_long_polls(probe: TimeoutsProbe) -> None
     for event in probe.collect()["recent"][-5:]:
         assert event["function"] == f"{MODULE}.timeout_deferred.<locals>.time_it_out"
     assert not answered.called  # still waiting: nothing counted for it
+    source.callback(None)  # answered: its 5 s timer is cancelled, nothing left to fire later
+    assert answered.called and counts(probe) == (timeouts, cancelled)
 
 
 # nested cancels --------------------------------------------------------------------------
@@ -613,4 +616,157 @@ def test_a_deferred_made_while_cancelling_is_sited_at_the_programs_line(
     made_by_cancel = after["created_total"] - before["created_total"]
     assert made_by_cancel >= 1  # the program's, not the dashboard's
     assert after["own"]["created_total"] == before["own"]["created_total"]
+    assert errors.counts == {}
+
+
+def test_cancels_on_two_threads_are_each_outermost(probe: TimeoutsProbe) -> None:
+    """A worker thread's cancel made while the reactor thread's cancel runs is not nested in
+    it (it is counted), and its end does not end the reactor thread's cancel."""
+    worker_done = threading.Event()
+    seen: list[object] = []
+
+    def worker() -> None:
+        quiet(defer.Deferred()).cancel()  # the program cancels on a thread of its own
+        worker_done.set()
+
+    def canceller(d: defer.Deferred[Any]) -> None:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert worker_done.wait(5)
+        thread.join()
+        current = probe.cancels.current
+        seen.append(current.deferred if current is not None else None)
+
+    d: defer.Deferred[Any] = quiet(defer.Deferred(canceller))
+    before = counts(probe)
+    d.cancel()
+    assert seen == [d]  # still this thread's cancel, after the worker's ended
+    assert probe.cancels.current is None
+    assert counts(probe) == (before[0], before[1] + 2)
+
+
+def test_a_worker_threads_cancel_ending_does_not_end_the_reactor_threads(
+    probe: TimeoutsProbe,
+) -> None:
+    """The worker's cancel begins first; the reactor thread's, begun while it runs, is
+    outermost on its own thread, and still under way when the worker's ends."""
+    worker_began, main_began = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def worker_canceller(d: defer.Deferred[Any]) -> None:
+        worker_began.set()
+        assert main_began.wait(5)
+
+    def worker() -> None:
+        quiet(defer.Deferred(worker_canceller)).cancel()
+
+    thread = threading.Thread(target=worker)
+
+    def canceller(d: defer.Deferred[Any]) -> None:
+        main_began.set()
+        thread.join()  # the worker's cancel has ended
+        current = probe.cancels.current
+        seen.append(current.deferred if current is not None else None)
+
+    d: defer.Deferred[Any] = quiet(defer.Deferred(canceller))
+    before = counts(probe)
+    thread.start()
+    assert worker_began.wait(5)
+    d.cancel()
+    assert seen == [d]
+    assert counts(probe) == (before[0], before[1] + 2)
+
+
+#: Calls of the program's container methods made while the probe looked into them.
+CONTAINER_CALLS: list[str] = []
+
+
+class RecordingList(list[Any]):
+    """A program's list whose methods record every call."""
+
+    def __len__(self) -> int:
+        CONTAINER_CALLS.append("list.__len__")
+        return super().__len__()
+
+    def __iter__(self) -> Iterator[Any]:
+        CONTAINER_CALLS.append("list.__iter__")
+        return super().__iter__()
+
+
+class RecordingDict(dict[str, Any]):
+    """A program's dict whose methods record every call."""
+
+    def __len__(self) -> int:
+        CONTAINER_CALLS.append("dict.__len__")
+        return super().__len__()
+
+    def __iter__(self) -> Iterator[str]:
+        CONTAINER_CALLS.append("dict.__iter__")
+        return super().__iter__()
+
+    def values(self) -> Any:
+        CONTAINER_CALLS.append("dict.values")
+        return super().values()
+
+
+def cancel_held(box: Any) -> None:
+    """A delayed call's function: cancels the Deferred its argument holds (read through the
+    base class, so the test's own reads record nothing)."""
+    held = list.__getitem__(box, 0) if isinstance(box, list) else dict.__getitem__(box, "d")
+    held.cancel()
+
+
+def test_a_programs_container_subclasses_run_none_of_their_methods(errors: ProbeErrors) -> None:
+    """Looking into what a delayed call holds runs none of the program's code: a list or
+    dict subclass is read through the base class (and what it holds is still found)."""
+    reactor = TimerReactor()
+    p = make_probe(reactor, errors)
+    p.install()
+    try:
+        CONTAINER_CALLS.clear()
+        for box in (
+            RecordingList([quiet(defer.Deferred())]),
+            RecordingDict(d=quiet(defer.Deferred())),
+        ):
+            reactor.callLater(0, cancel_held, box)
+        reactor.runUntilCurrent()
+        section = p.collect()
+    finally:
+        p.uninstall()
+    assert CONTAINER_CALLS == []
+    assert (section["fired_total"]["deferred"], section["cancelled_total"]) == (2, 0)
+    assert errors.counts == {}
+
+
+def test_an_add_timeout_converted_long_after_its_cancel_counts_once(errors: ProbeErrors) -> None:
+    """``addTimeout``'s conversion runs when the chain reaches it: here after a callback's
+    Deferred fires, once more timeouts than ``recent`` keeps have happened since."""
+    from dashboard.probes.timeouts import MAX_RECENT
+
+    reactor = TimerReactor()
+    p = make_probe(reactor, errors)
+    p.install()
+    try:
+        paused: defer.Deferred[Any] = defer.Deferred()
+        reached: list[Any] = []
+        d: defer.Deferred[Any] = defer.Deferred()
+
+        def wait_on_paused(result: Any) -> defer.Deferred[Any]:
+            reached.append(result)
+            return paused
+
+        d.addBoth(wait_on_paused)
+        d.addTimeout(0, cast(Any, reactor))
+        quiet(d)
+        reactor.runUntilCurrent()  # timeItOut cancels d; its chain waits on `paused`
+        assert len(reached) == 1 and p.collect()["fired_total"]["deferred"] == 1
+        for _ in range(MAX_RECENT):
+            reactor.callLater(0, quiet(defer.Deferred()).cancel)
+        reactor.runUntilCurrent()
+        paused.errback(reached[0])  # the chain goes on: addTimeout's conversion runs now
+        section = p.collect()
+    finally:
+        p.uninstall()
+    assert d.called and isinstance(d.result, type(None))
+    assert section["fired_total"]["deferred"] == 1 + MAX_RECENT
     assert errors.counts == {}

@@ -167,3 +167,32 @@ def test_own_work_tells_the_dashboards_code_from_the_demos() -> None:
     assert is_dashboard_module("dashboard")
     assert not is_dashboard_module("dashboard.demo")
     assert not is_dashboard_module("dashboards_of_mine")
+
+
+def test_a_programs_looping_call_start_hooked_by_the_dashboard_is_the_programs(
+    reactor: Any,
+) -> None:
+    # The Deferred probe's hook on LoopingCall.start must not make a program's
+    # callLater(5, lc.start, 1.0) look like the dashboard's: trial's janitor reports it.
+    from twisted.internet import task
+
+    from dashboard.probes.base import ProbeErrors
+    from dashboard.probes.deferreds import DeferredsProbe
+
+    deferreds = DeferredsProbe(reactor, ProbeErrors(), reactor.seconds)
+    deferreds.install()
+    shield = JanitorShield(reactor, OwnWork())
+    shield.install()
+    try:
+        lc = task.LoopingCall(program_timer)
+        lc.clock = reactor
+        program_call = reactor.callLater(5, lc.start, 1.0)
+        assert not OwnWork().owns_call(program_call)
+        result = reporter.TestResult()
+        assert util._Janitor(a_test(), result, reactor).postCaseCleanup() is False
+        assert not program_call.active()
+        [call] = reported(result, 0).delayedCalls
+        assert call.startswith(f"<DelayedCall 0x{id(program_call):x} ")
+    finally:
+        shield.uninstall()
+        deferreds.uninstall()

@@ -481,3 +481,32 @@ async def test_faults_are_counted_and_user_code_sees_no_difference(
     assert errors.last["timeouts"].startswith("RuntimeError: bookkeeping failed")
     assert section["fired_total"] == {"deferred": 0, "connect": 0, "protocol": 0}
     assert section["cancelled_total"] == 1
+
+
+def test_a_programs_looping_call_start_hooked_by_the_dashboard_is_the_programs(
+    probe: TimeoutsProbe, clock: Clock, errors: ProbeErrors
+) -> None:
+    # The Deferred probe replaces LoopingCall.start on the class: a program's
+    # callLater(5, lc.start, 1.0) still runs the program's work, not the dashboard's.
+    from twisted.internet import task
+
+    from dashboard.probes.deferreds import DeferredsProbe
+
+    deferreds = DeferredsProbe(clock, errors, clock.seconds)
+    deferreds.install()
+    try:
+        assert hasattr(task.LoopingCall.start, "__wrapped__")  # the hook is in place
+        before = probe.collect()
+        assert (before["own_calls"], before["delayed_calls"]) == (1, 0)  # the probe's sweep
+        lc = task.LoopingCall(tick)
+        lc.clock = cast(Any, clock)
+        clock.callLater(5, lc.start, 1.0)
+        section = probe.collect()
+        assert (section["own_calls"], section["delayed_calls"]) == (1, 1)
+        assert section["by_function"] == [
+            {"function": "twisted.internet.task.LoopingCall.start", "count": 1}
+        ]
+        clock.rightNow = 6.0  # stuck: the program's call is overdue
+        assert probe.collect()["overdue_calls"] == 1
+    finally:
+        deferreds.uninstall()

@@ -245,7 +245,7 @@ SERVING_SCRIPT = """
         # run's own: Twisted's installReactor, and the watch for trial's janitor).
         from twisted.internet import main
         signs = [
-            Deferred._startRunCallbacks.__module__ != "twisted.internet.defer",
+            hasattr(Deferred._startRunCallbacks, "__wrapped__"),
             not main.installReactor.__code__.co_filename.endswith("main.py"),
             any(type(f).__name__ == "_ImportWatch" for f in sys.meta_path),
         ]
@@ -432,6 +432,70 @@ def test_a_program_whose_reactor_cannot_be_installed_is_told_what_to_pass(
         f" before it ran ({reason}): run it with --reactor asyncio"
     )
     assert result.stdout == ("carried on\n" if source is SWALLOWS_THE_ERROR else "")
+
+
+#: A program whose reactor choice meets an error of the dashboard's: {patch} breaks one step.
+BROKEN_STEP_SCRIPT = """
+    import sys
+    import dashboard.attachment, dashboard.reactor_choice
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("forced")
+
+    {patch} = broken
+    from twisted.internet import asyncioreactor, error
+    try:
+        asyncioreactor.install()
+    except error.ReactorAlreadyInstalledError:
+        print("refused")
+        sys.exit(3)
+    from twisted.internet import reactor
+    print("installed", type(reactor).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("patch", "outcome", "line"),
+    [
+        (
+            "dashboard.reactor_choice.ReactorChoice._why_not_follow",
+            ("refused", 3),
+            "reactor-dashboard run: the program installs its own reactor"
+            " (AsyncioSelectorReactor), but {old} was installed before it ran (the dashboard"
+            " could not tell whether the program used it: RuntimeError: forced):"
+            " run it with --reactor asyncio",
+        ),
+        (
+            "dashboard.attachment.uninstall_reactor",
+            ("installed AsyncioSelectorReactor", 0),
+            "reactor-dashboard run: the dashboard could not move to the program's reactor"
+            " (AsyncioSelectorReactor): RuntimeError: forced; the program runs without it",
+        ),
+        (
+            "dashboard.attachment.Attachment.start",
+            ("installed AsyncioSelectorReactor", 0),
+            "reactor-dashboard run: the dashboard could not move to the program's reactor"
+            " (AsyncioSelectorReactor): RuntimeError: forced; the program runs without it",
+        ),
+    ],
+    ids=["deciding", "leaving", "starting-again"],
+)
+def test_an_error_of_ours_in_the_reactor_choice_is_one_line_and_plain_pythons_outcome(
+    patch: str, outcome: tuple[str, int], line: str, tmp_path: Path
+) -> None:
+    script = write_script(tmp_path, "broken.py", BROKEN_STEP_SCRIPT.replace("{patch}", patch))
+    result = subprocess.run(
+        [sys.executable, "-m", "dashboard", "run", "--port", "0", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (result.stdout, result.returncode) == (f"{outcome[0]}\n", outcome[1]), result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr  # the dashboard's address, then the one line
+    old = lines[0].split("(")[1].split(";")[0]
+    assert lines[1] == line.format(old=old)
 
 
 # bad usage: one line, exit status 2 ------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -162,3 +163,44 @@ def qualname(obj: object) -> str:
         return f"{module}.{name}" if module else str(name)
     except Exception:
         return safe_repr(obj)
+
+
+#: The dashboard's own package, and the modules in it that are programs like any other.
+OWN_PACKAGE = "dashboard"
+PROGRAM_MODULES = frozenset({"dashboard.demo"})
+#: At most this many ``__wrapped__`` links are followed (a hook of a hook...).
+_UNWRAP_LIMIT = 8
+
+
+def is_own_module(module: object) -> bool:
+    """Whether ``module`` (a module name) is the dashboard's own code, not its demo."""
+    if not isinstance(module, str) or module in PROGRAM_MODULES:
+        return False
+    return module == OWN_PACKAGE or module.startswith(OWN_PACKAGE + ".")
+
+
+def unwrapped(function: object) -> object:
+    """What ``function`` runs: a ``functools.partial``'s function, a bound method's function,
+    and through ``__wrapped__`` (a hook stands for the method it replaces, whoever patched
+    it). Never raises; any thread."""
+    try:
+        for _ in range(_UNWRAP_LIMIT):
+            inner = function.func if isinstance(function, functools.partial) else function
+            inner = getattr(inner, "__func__", inner)  # a bound method
+            inner = getattr(inner, "__wrapped__", inner)
+            if inner is function:
+                break
+            function = inner
+    except Exception:  # a program's __getattr__: take what was reached
+        pass
+    return function
+
+
+def is_own_function(function: object) -> bool:
+    """Whether ``function`` (as a delayed call holds it) is the dashboard's own code: the
+    module of what it runs (see :func:`unwrapped`), so a hook the dashboard put on a
+    program's or Twisted's method (``LoopingCall.start``) stays theirs. Never raises."""
+    try:
+        return is_own_module(getattr(unwrapped(function), "__module__", None))
+    except Exception:
+        return False

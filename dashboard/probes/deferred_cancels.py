@@ -20,7 +20,8 @@ Deferred or per loop iteration.
 Only the outermost cancel counts. Cancelling a Deferred cancels what it waits on (its
 canceller, the Deferred it is chained to, the one an ``inlineCallbacks`` function awaits, the
 members of a ``DeferredList``, a treq or ``Agent`` request's connection): every cancel made while
-another one is under way, on the reactor thread, is part of it and is not counted again. So is
+another one is under way on the same thread is part of it and is not counted again (a cancel on
+another thread is outermost there). So is
 what the program does in callbacks that the cancellation runs at once (its follow-up cancels
 count with the first one).
 """
@@ -29,13 +30,14 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 
-from dashboard.probes.base import DEFERRED_MACHINERY, Patcher, ProbeErrors
+from dashboard.probes.base import DEFERRED_MACHINERY, Patcher, ProbeErrors, unwrapped
 from dashboard.probes.deferreds import is_own_file
 from dashboard.probes.timer_frames import TimerFrames, holds, is_io_delivery
 
@@ -99,6 +101,12 @@ CANCELLED = "cancelled"
 OWN = "own"
 
 
+class _PerThread(threading.local):
+    """The outermost cancel under way on the calling thread, if any."""
+
+    current: Cancel | None = None
+
+
 class CancelWatch:
     """Sorts every outermost Deferred cancel into ``on_timeout(cancel)``, ``cancelled`` (the
     program's cancellations) or ``own_cancelled`` (the dashboard's). Hooks run on the thread
@@ -128,8 +136,9 @@ class CancelWatch:
         self._whereabouts = whereabouts
         self._timers: TimerFrames | None = None
         self._active = False
-        #: the outermost cancel under way, if any
-        self.current: Cancel | None = None
+        #: the outermost cancel under way, per thread (a worker thread's cancel is not
+        #: nested in the reactor thread's, nor does its end end it)
+        self._threads = _PerThread()
         self.cancelled = 0
         self.own_cancelled = 0
 
@@ -141,18 +150,24 @@ class CancelWatch:
                 patcher.patch(owner, "cancel", self._hook(original))
         self._active = True
 
+    @property
+    def current(self) -> Cancel | None:
+        """The outermost cancel under way on the calling thread, if any."""
+        return self._threads.current
+
     def uninstall(self) -> None:
         """Stop counting. A ``d.cancel`` bound while installed (a pending ``callLater``) still
         calls the hook, which then only passes through."""
         self._active = False
-        self.current = None
+        self._threads = _PerThread()  # every thread's: a cancel still running ends on the old
 
     def _hook(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
         watch = self
 
         @functools.wraps(original)
         def cancel(self: Any) -> None:
-            outer = watch.current
+            threads = watch._threads
+            outer = threads.current
             if outer is not None or not watch._active:
                 if outer is not None and not outer.own:
                     watch._check_own_nested(outer, self)
@@ -165,11 +180,11 @@ class CancelWatch:
             if began is None:
                 return original(self)
             watch._count(began, OWN if began.own else TIMEOUT if began.timed_out else CANCELLED)
-            watch.current = began
+            threads.current = began
             try:
                 return original(self)
             finally:
-                watch.current = None
+                threads.current = None
                 began.deferred = None  # hold no Deferred past its cancel
 
         return cancel
@@ -241,9 +256,7 @@ def is_own_code(function: object) -> bool:
     dashboard's code (not its demo)."""
     if function is None:
         return False
-    function = getattr(function, "func", function)  # functools.partial
-    function = getattr(function, "__func__", function)  # bound method
-    function = getattr(function, "__wrapped__", function)  # a hook: what it stands for
+    function = unwrapped(function)  # a partial's, a bound method's, what a hook stands for
     code = getattr(function, "__code__", None)
     return isinstance(code, types.CodeType) and is_own_file(code.co_filename)
 

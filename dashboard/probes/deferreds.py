@@ -95,9 +95,9 @@ def _unbound_first_fire(deferred: object) -> None:
 
 def _like(hook: Any, original: Callable[..., Any]) -> Any:
     """Name a hook after the method it replaces (introspection, ``inspect.signature`` through
-    ``__wrapped__``); its ``__module__`` says who patched it."""
+    ``__wrapped__``), its module included: a program's ``callLater(t, lc.start)`` is named
+    as, and stays, the program's (``base.is_own_function`` follows ``__wrapped__``)."""
     functools.update_wrapper(hook, original)
-    hook.__module__ = __name__
     return hook
 
 
@@ -465,7 +465,10 @@ class DeferredsProbe:
         is waited for: a sweep settles each Deferred at the site it read first). A Deferred
         that fired before its first sweep is not known any more, and stays where it was
         counted."""
-        if not self._sweeping.acquire(timeout=1.0):  # only if this thread is sweeping
+        # A sweep (at most nursery_limit entries) takes well under a millisecond; waiting
+        # longer means this very thread is sweeping (re-entered from a finaliser): give up
+        # rather than stall the program's LoopingCall.start.
+        if not self._sweeping.acquire(timeout=0.02):
             raise RuntimeError("a sweep is running: Deferred not moved to its site")
         try:
             self._move(d, new)

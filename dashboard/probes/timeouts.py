@@ -42,23 +42,35 @@ from twisted.internet import defer, error
 from twisted.protocols import policies
 from twisted.python.failure import Failure
 
-from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource, qualname, safe_repr
+from dashboard.probes.base import (
+    JSONDict,
+    Patcher,
+    ProbeErrors,
+    TimeSource,
+    is_own_function,
+    is_own_module,
+    qualname,
+    safe_repr,
+)
 from dashboard.probes.deferred_cancels import Cancel, CancelWatch, Whereabouts
 from dashboard.probes.loop import LoopProbe
 
 #: Timeout events kept for ``recent``.
 MAX_RECENT = 50
+#: Deferreds that timed out, kept (weakly, oldest dropped first) so that ``addTimeout``'s
+#: conversion running long after the cancel (its chain paused) does not count them again.
+MAX_TIMED_OUT = 1024
 #: Functions shown in ``by_function``.
 TOP_FUNCTIONS = 20
-#: Above this many pending calls, ``by_function`` is estimated from an even sample of this size.
+#: Above this many pending calls, ``by_function`` and the split between the program's calls and
+#: the dashboard's own are estimated from an even sample of this size.
 BY_FUNCTION_SAMPLE = 4096
 #: At most this many heap entries are visited to count overdue calls.
 OVERDUE_SCAN_LIMIT = 10_000
 #: A pending call is overdue when its time passed more than this long ago, seconds.
 OVERDUE_EPSILON_S = 0.001
-#: Functions from this package are the monitor's own calls (but for its demo).
-_OWN_PACKAGE = "dashboard"
-_DEMO_MODULE = "dashboard.demo"
+#: The module of a ``functools.partial``: what it runs may be the dashboard's.
+_PARTIAL_MODULE = functools.partial.__module__
 
 _func_key = attrgetter("func.__module__", "func.__qualname__")
 _func_module = attrgetter("func.__module__")
@@ -132,6 +144,8 @@ class TimeoutsProbe:
         self._installed = False
         self.fired: dict[str, int] = {"deferred": 0, "connect": 0, "protocol": 0}
         self._recent: deque[TimeoutEvent] = deque(maxlen=MAX_RECENT)
+        #: id of a Deferred that timed out -> its event, while the Deferred lives
+        self._timed_out: dict[int, TimeoutEvent] = {}
         whereabouts: Whereabouts | None = getattr(deferreds, "whereabouts", None)
         self._whereabouts = whereabouts
         self.cancels = CancelWatch(
@@ -228,6 +242,9 @@ class TimeoutsProbe:
         """Take back a Deferred timeout counted too early (its cancel was the dashboard's)."""
         assert isinstance(event, TimeoutEvent)
         self.fired[event.kind] -= 1
+        deferred = event.ref() if event.ref is not None else None
+        if self._timed_out.get(id(deferred)) is event:
+            self._timed_out.pop(id(deferred), None)
         with contextlib.suppress(ValueError):  # already pushed out of the bounded list
             self._recent.remove(event)
 
@@ -238,7 +255,7 @@ class TimeoutsProbe:
             function = qualname(cancel.function)
         else:  # addTimeout said so, run by a clock not seen on the stack
             function = _ADD_TIMEOUT_FUNCTION if cancel.timeout_s is not None else None
-        return self._record_event(
+        event = self._record_event(
             "deferred",
             _timeout_text(cancel.timeout_s, cancel.next_callback, cancel.waited_s),
             function=function,
@@ -246,6 +263,26 @@ class TimeoutsProbe:
             waited_s=cancel.waited_s,
             deferred=cancel.deferred,
         )
+        self._remember_timed_out(cancel.deferred, event)
+        return event
+
+    def _remember_timed_out(self, deferred: object, event: TimeoutEvent) -> None:
+        """Keep ``deferred``'s event while it lives (see ``MAX_TIMED_OUT``)."""
+        key = id(deferred)
+        timed_out = self._timed_out
+
+        def forget(_ref: object) -> None:  # any thread, from the collector: never raises
+            if timed_out.get(key) is event:
+                timed_out.pop(key, None)
+
+        try:
+            event.ref = weakref.ref(deferred, forget)
+        except TypeError:
+            return
+        timed_out.pop(key, None)
+        if len(timed_out) >= MAX_TIMED_OUT:
+            del timed_out[next(iter(timed_out))]
+        timed_out[key] = event
 
     def _deferred_timed_out(self, value: Any, timeout: float, caller: FrameType | None) -> None:
         """``addTimeout``'s conversion ran: its timeout fired. Told to the cancel under way (it
@@ -261,10 +298,10 @@ class TimeoutsProbe:
             if isinstance(event, TimeoutEvent):
                 event.what = _timeout_text(timeout, waiting, event.waited_s)
             return
-        for event in self._recent:
-            if event.kind == "deferred" and event.ref is not None and event.ref() is deferred:
-                event.what = _timeout_text(timeout, waiting, event.waited_s)
-                return  # counted when it was cancelled; its callbacks ran later
+        known = self._timed_out.get(id(deferred)) if deferred is not None else None
+        if known is not None and known.ref is not None and known.ref() is deferred:
+            known.what = _timeout_text(timeout, waiting, known.waited_s)
+            return  # counted when it was cancelled; its callbacks ran later
         if not (isinstance(value, Failure) and isinstance(value.value, defer.CancelledError)):
             return
         site, waited_s = (None, None)
@@ -290,16 +327,20 @@ class TimeoutsProbe:
 
     def collect(self) -> JSONDict:
         """The ``timeouts`` section. Costs O(shown): pending counts come from the reactor's own
-        bookkeeping, overdue calls from a pruned heap walk, ``by_function`` from at most
-        ``BY_FUNCTION_SAMPLE`` calls; the dashboard's own calls are found exactly by a pass in
-        C over every call's module (2 ms for 10,000 pending, against 0.8 ms without). Reactor
-        thread."""
+        bookkeeping, overdue calls from a pruned heap walk, ``by_function`` and the dashboard's
+        own calls from at most ``BY_FUNCTION_SAMPLE`` calls (exact up to that many pending;
+        above it, ``own_calls`` and so ``delayed_calls`` are scaled from the sample, like
+        ``by_function``, and ``by_function_sampled`` is true). Reactor thread."""
         now = self._clock()
-        pending, calls = self._all_calls()
+        pending, calls, sampled = self._sample()
         own = _own_calls(calls)
-        overdue, overdue_truncated = self._overdue(now - OVERDUE_EPSILON_S, own)
-        program = pending - len(own)
-        sample, sampled = _program_sample(calls, own)
+        if sampled and calls:
+            own_count = min(pending, round(len(own) * pending / len(calls)))
+        else:
+            own_count = len(own)
+        overdue, overdue_truncated = self._overdue(now - OVERDUE_EPSILON_S)
+        program = pending - own_count
+        sample = [c for c in calls if id(c) not in own] if own else calls
         by_function = _by_function(sample, program, sampled)
         return {
             "delayed_calls": program,
@@ -312,30 +353,41 @@ class TimeoutsProbe:
             "recent": [event.as_json() for event in self._recent],
             "by_function": by_function,
             "by_function_sampled": sampled,
-            "own_calls": len(own),
+            "own_calls": own_count,
         }
 
-    def _all_calls(self) -> tuple[int, list[Any]]:
-        """(pending count, every pending call). The reactor keeps cancelled calls (which have
-        dropped their ``func``) until they surface: they are left out by a pass in C."""
+    def _sample(self) -> tuple[int, list[Any], bool]:
+        """(pending count, the pending calls to look at, whether they are an even sample of
+        about ``BY_FUNCTION_SAMPLE``). The count is the reactor's own bookkeeping; the
+        reactor keeps cancelled calls (which have dropped their ``func``) until they surface:
+        they are left out of the calls by a pass in C."""
         reactor = self._reactor
         heap = getattr(reactor, "_pendingTimedCalls", None)
         new = getattr(reactor, "_newTimedCalls", None)
         cancelled = getattr(reactor, "_cancellations", None)
         if not (isinstance(heap, list) and isinstance(new, list) and isinstance(cancelled, int)):
-            calls = list(reactor.getDelayedCalls())
-            return len(calls), calls
-        calls = heap + new
-        return len(calls) - cancelled, list(compress(calls, map(not_, map(_cancelled, calls))))
+            every = list(reactor.getDelayedCalls())
+            total = len(every)
+            if total <= BY_FUNCTION_SAMPLE:
+                return total, every, False
+            return total, every[:: -(-total // BY_FUNCTION_SAMPLE)], True
+        stored = len(heap) + len(new)
+        sampled = stored > BY_FUNCTION_SAMPLE
+        if sampled:
+            step = -(-stored // BY_FUNCTION_SAMPLE)
+            calls = heap[::step] + new[::step]
+        else:
+            calls = heap + new
+        return stored - cancelled, list(compress(calls, map(not_, map(_cancelled, calls)))), sampled
 
-    def _overdue(self, cutoff: float, own: set[int]) -> tuple[int, bool]:
-        """The program's pending calls due before ``cutoff`` (clock seconds; ``own``: ids of
-        the dashboard's calls, left out), and whether the scan was cut."""
+    def _overdue(self, cutoff: float) -> tuple[int, bool]:
+        """The program's pending calls due before ``cutoff`` (clock seconds; the dashboard's
+        own are left out), and whether the scan was cut."""
         heap = getattr(self._reactor, "_pendingTimedCalls", None)
         new = getattr(self._reactor, "_newTimedCalls", None)
         if not (isinstance(heap, list) and isinstance(new, list)):
             calls = self._reactor.getDelayedCalls()
-            return sum(1 for c in calls if c.getTime() < cutoff and id(c) not in own), False
+            return sum(1 for c in calls if c.getTime() < cutoff and not _is_own_call(c)), False
         count = visited = 0
         # A heap's children are never earlier than their parent: walk only the early subtree.
         todo = [0] if heap else []
@@ -345,7 +397,7 @@ class TimeoutsProbe:
             visited += 1
             if call.time >= cutoff:
                 continue
-            if not call.cancelled and call.getTime() < cutoff and id(call) not in own:
+            if not call.cancelled and call.getTime() < cutoff and not _is_own_call(call):
                 count += 1
             child = 2 * index + 1
             if child < len(heap):
@@ -353,41 +405,51 @@ class TimeoutsProbe:
                 if child + 1 < len(heap):
                     todo.append(child + 1)
         for call in new[:OVERDUE_SCAN_LIMIT]:
-            if not call.cancelled and call.getTime() < cutoff and id(call) not in own:
+            if not call.cancelled and call.getTime() < cutoff and not _is_own_call(call):
                 count += 1
         truncated = bool(todo) or len(new) > OVERDUE_SCAN_LIMIT
         return count, truncated
 
 
 def _own_calls(calls: list[Any]) -> set[int]:
-    """Ids of the dashboard's own pending calls among ``calls`` (all pending): those of
-    functions in its package (not its demo), and Twisted's web timers bound to its own site
-    or to a connection to its own port (a protocol whose factory is the dashboard's). The
-    pass over every call is in C; Python looks only at the few candidates."""
+    """Ids of the dashboard's own pending calls among ``calls`` (at most about
+    ``BY_FUNCTION_SAMPLE``): see :func:`_is_own_call`. The pass over every call's module is
+    in C; Python looks only at the few candidates (a module of the dashboard's, a partial, a
+    web timer)."""
     try:
         modules = list(map(_func_module, calls))
     except Exception:  # some func lacks __module__ (a callable instance)
         modules = [_slow_key(c.func)[0] for c in calls]
-    present = set(modules)
-    own_modules = {m for m in present if _is_own(m)}
-    found: set[int] = set()
-    if own_modules:
-        found.update(map(id, compress(calls, map(own_modules.__contains__, modules))))
-    if not present.isdisjoint(_SERVER_TIMER_MODULES):
-        for call in compress(calls, map(_SERVER_TIMER_MODULES.__contains__, modules)):
-            if _is_own_server_timer(call.func):
-                found.add(id(call))
-    return found
+    candidates = {m for m in set(modules) if _may_be_own(m)}
+    if not candidates:
+        return set()
+    maybe = compress(calls, map(candidates.__contains__, modules))
+    return {id(call) for call in maybe if _is_own_call(call)}
 
 
-def _program_sample(calls: list[Any], own: set[int]) -> tuple[list[Any], bool]:
-    """The program's pending calls (of ``calls``, all pending) to group: an even sample of
-    ``BY_FUNCTION_SAMPLE`` when there are more; and whether they are a sample."""
-    total = len(calls)
-    raw = calls if total <= BY_FUNCTION_SAMPLE else calls[:: -(-total // BY_FUNCTION_SAMPLE)]
-    if own:
-        raw = [c for c in raw if id(c) not in own]
-    return raw, total > BY_FUNCTION_SAMPLE
+def _may_be_own(module: object) -> bool:
+    """Whether a call whose function says ``module`` may be the dashboard's own."""
+    if not isinstance(module, str):
+        return False
+    return is_own_module(module) or module == _PARTIAL_MODULE or module in _SERVER_TIMER_MODULES
+
+
+def _is_own_call(call: Any) -> bool:
+    """Whether a pending delayed call is the dashboard's own: it runs code of its package (not
+    its demo; judged by what the function runs, so a hook of the dashboard's on a program's
+    method, such as ``LoopingCall.start``, stays the program's), or it is one of Twisted's web
+    timers bound to the dashboard's own site or to a connection to its own port (a protocol
+    whose factory is the dashboard's). Never raises."""
+    try:
+        func = call.func
+        module = getattr(func, "__module__", None)
+        if not _may_be_own(module):  # most calls: one look at the module
+            return False
+        if module in _SERVER_TIMER_MODULES:
+            return _is_own_server_timer(func)
+        return is_own_function(func)
+    except Exception:
+        return False
 
 
 def _by_function(calls: list[Any], pending: int, sampled: bool) -> list[JSONDict]:
@@ -411,24 +473,15 @@ def _slow_key(func: object) -> tuple[str, str]:
         return ("", qualname(func))
 
 
-def _is_own(module: object) -> bool:
-    """Whether ``module`` (a module name) is the dashboard's own code, not its demo."""
-    if not isinstance(module, str):
-        return False
-    if module == _OWN_PACKAGE:
-        return True
-    return module.startswith(_OWN_PACKAGE + ".") and module != _DEMO_MODULE
-
-
 def _is_own_server_timer(func: object) -> bool:
     """A timer bound to the dashboard's own site, or to a protocol its site made."""
     bound = getattr(func, "__self__", None)
     if bound is None:
         return False
-    if _is_own(type(bound).__module__):
+    if is_own_module(type(bound).__module__):
         return True
     factory = getattr(bound, "factory", None)
-    return factory is not None and _is_own(type(factory).__module__)
+    return factory is not None and is_own_module(type(factory).__module__)
 
 
 def _address_text(address: Any) -> str:
