@@ -185,6 +185,32 @@ async def test_treq_timeout_against_a_server_that_never_answers(
     assert event["function"] == "twisted.internet.defer.Deferred.cancel"
 
 
+@async_test
+async def test_a_treq_timeout_on_a_chained_deferred_names_what_it_waited_on(
+    errors: ProbeErrors, silent_port: int, accelerate: bool
+) -> None:
+    """treq's ``callLater(t, d.cancel)`` on an Agent request from a pool cancels a Deferred
+    that already fired and only waits on the request's: the site and wait are the request's
+    (they read null when only the outer Deferred was asked)."""
+    reactor = the_reactor()
+    deferreds = DeferredsProbe(reactor, errors, reactor.seconds, accelerate=accelerate)
+    timeouts = make_probe(reactor, errors, deferreds)
+    deferreds.install()
+    timeouts.install()
+    try:
+        with pytest.raises((ResponseNeverReceived, defer.CancelledError)):
+            await treq.get(f"http://127.0.0.1:{silent_port}/", timeout=0.3, persistent=True)
+        await pause(0.1)
+        event = timeouts.collect()["recent"][-1]
+    finally:
+        timeouts.uninstall()
+        deferreds.uninstall()
+    assert event["kind"] == "deferred"
+    assert event["site"] is not None and "_newclient.py" in event["site"], event
+    assert 0.1 <= event["waited_s"] <= 5, event
+    assert errors.counts == {}
+
+
 class BodyReader(protocol.Protocol):
     """Scrapy's ``_ResponseReader``, reduced: fails ``finished`` when the connection is lost."""
 

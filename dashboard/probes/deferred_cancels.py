@@ -200,7 +200,7 @@ class CancelWatch:
         # harness's callLater(0, test), a connection's loss delivered late) is cancelled.
         in_timer = call is not None and not is_io_delivery(call[0]) and holds(call, d)
         function = call[0] if in_timer and call is not None else None
-        site, waited_s = self._whereabouts(d) if self._whereabouts is not None else (None, None)
+        site, waited_s = self._where(d)
         own = (
             is_own_code(getattr(d, "_canceller", None))
             or is_own_file(caller.f_code.co_filename)
@@ -209,6 +209,28 @@ class CancelWatch:
         return Cancel(
             d, in_timer=in_timer, function=function, site=site, waited_s=waited_s, own=own
         )
+
+    def _where(self, d: Any) -> tuple[str | None, float | None]:
+        """The creation site and wait of what is cancelled: ``d``'s own, or where ``d`` already
+        fired and only waits on a chained Deferred (treq's ``callLater(t, d.cancel)`` on an
+        Agent request from a pooled connection, whose outer Deferred is made fired), the
+        innermost still pending one's."""
+        whereabouts = self._whereabouts
+        if whereabouts is None:
+            return None, None
+        site, waited_s = whereabouts(d)
+        inner = d
+        for _ in range(16):  # chains are short; a cycle is impossible but bounded anyway
+            if site is not None and waited_s is not None:
+                break
+            result = getattr(inner, "result", None) if getattr(inner, "called", False) else None
+            if not isinstance(result, defer.Deferred):
+                break
+            inner = result
+            inner_site, inner_waited = whereabouts(inner)
+            site = site if site is not None else inner_site
+            waited_s = waited_s if waited_s is not None else inner_waited
+        return site, waited_s
 
     def _check_own_nested(self, outer: Cancel, d: object) -> None:
         """A cancel that reaches one of the dashboard's Deferreds is the dashboard's (Klein
