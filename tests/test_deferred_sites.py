@@ -5,6 +5,7 @@ Both hot paths, both ways of counting a first firing, a Clock for time."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -223,6 +224,39 @@ def loops_named_by_their_functions(probe: DeferredsProbe, clock: Clock) -> None:
     for lc in loops[1:]:
         lc.stop()
     assert probe.collect()["loops"] == {"pending": 0, "items": []}
+
+
+def wrapped_looping(function: Callable[[], object]) -> Callable[[], object]:
+    """Synapse's ``Clock.looping_call``, reduced: every periodic function runs through one
+    closure (one code object), made with ``functools.wraps``."""
+
+    @functools.wraps(function)
+    def wrapped_f() -> object:
+        return function()
+
+    return wrapped_f
+
+
+def prune() -> None:
+    """Another looped function."""
+
+
+def test_loops_through_one_wrapper_are_named_by_what_they_wrap(
+    clock: Clock, errors: ProbeErrors, accelerate: bool
+) -> None:
+    with installed(clock, errors, accelerate) as probe:
+        started = [looping(wrapped_looping(f), clock) for f in (poll, prune, prune)]
+        for lc in started:
+            lc.start(1.0)
+        clock.advance(0.1)
+        section = probe.collect()
+        items = [(i["function"], i["pending"]) for i in section["loops"]["items"]]
+        assert sorted(items) == [(f"{__name__}.poll", 1), (f"{__name__}.prune", 2)]
+        sites = rows(section)
+        assert sites[label(prune) + " (LoopingCall)"]["pending"] == 2
+        assert not [s for s in sites if "wrapped_f" in s]
+        for lc in started:
+            lc.stop()
 
 
 def test_a_loop_deferred_promoted_or_fired_during_start_moves_exactly(

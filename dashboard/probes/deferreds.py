@@ -55,7 +55,15 @@ from twisted.internet import defer, task
 from twisted.internet.base import DelayedCall
 
 from dashboard import accel
-from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource, frame_site, qualname
+from dashboard.probes.base import (
+    JSONDict,
+    Patcher,
+    ProbeErrors,
+    TimeSource,
+    frame_site,
+    qualname,
+    unwrapped,
+)
 from dashboard.probes.deferred_losses import RecentLosses
 from dashboard.probes.deferred_sites import (
     COMPILED_COUNTS,
@@ -435,11 +443,12 @@ class DeferredsProbe:
 
     def _loop_site(self, function: Callable[..., object]) -> Site:
         """The site of the LoopingCalls of ``function``: one per function (by its code: the
-        same method of many instances is one site), named after it."""
-        func: Any = getattr(function, "func", function)  # functools.partial
-        func = getattr(func, "__func__", func)  # a bound method
+        same method of many instances is one site), named after it. Partials, bound methods
+        and ``functools.wraps`` wrappers are seen through: Synapse's ``Clock.looping_call``
+        wraps each of its 40-odd periodic functions in one closure, which is not what loops."""
+        func: Any = unwrapped(function)
         code = getattr(func, "__code__", None)
-        name = qualname(function)
+        name = qualname(func)
         key: object = code if isinstance(code, types.CodeType) else name
         site = self._loop_sites.get(key)
         if site is None:
