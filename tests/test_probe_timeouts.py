@@ -8,6 +8,7 @@ under test (default or ``--reactor=asyncio``) and assert exact deltas.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import random
@@ -18,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, protocol, task
 from twisted.internet.base import BaseConnector, DelayedCall
 from twisted.internet.task import Clock, deferLater
 from twisted.protocols import policies
@@ -139,6 +140,31 @@ def test_own_calls_and_odd_callables(probe: TimeoutsProbe, clock: Clock) -> None
     }
     clock.rightNow = 2.0  # all overdue (a stuck reactor): only the program's count
     assert probe.collect()["overdue_calls"] == 3
+
+
+def test_running_loops_are_grouped_by_what_they_loop(probe: TimeoutsProbe, clock: Clock) -> None:
+    """A running LoopingCall's next call holds the loop itself: it is named by the function
+    it loops, seen through a ``functools.wraps`` wrapper (Synapse's ``Clock.looping_call``
+    wraps every periodic function in one closure), not as ``twisted.internet.task.LoopingCall``."""
+
+    def wrapped(function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapped_f() -> Any:
+            return function()
+
+        return wrapped_f
+
+    loops = [task.LoopingCall(wrapped(f)) for f in (tick, tick, tock)]
+    for lc in loops:
+        lc.clock = cast(Any, clock)
+        lc.start(10.0)
+    section = probe.collect()
+    assert section["by_function"] == [
+        {"function": f"{MODULE}.tick (LoopingCall)", "count": 2},
+        {"function": f"{MODULE}.tock (LoopingCall)", "count": 1},
+    ]
+    for lc in loops:
+        lc.stop()
 
 
 def test_by_function_is_top_20(probe: TimeoutsProbe, clock: Clock) -> None:

@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from twisted.internet import base as internet_base
-from twisted.internet import defer, error
+from twisted.internet import defer, error, task
 from twisted.protocols import policies
 from twisted.python.failure import Failure
 
@@ -51,6 +51,7 @@ from dashboard.probes.base import (
     is_own_module,
     qualname,
     safe_repr,
+    unwrapped,
 )
 from dashboard.probes.deferred_cancels import Cancel, CancelWatch, Whereabouts
 from dashboard.probes.loop import LoopProbe
@@ -468,6 +469,9 @@ def _by_function(calls: list[Any], pending: int, sampled: bool) -> list[JSONDict
 
 def _slow_key(func: object) -> tuple[str, str]:
     try:
+        if isinstance(func, task.LoopingCall):  # a running loop's next call: named by what
+            inner: Any = unwrapped(func.f)  # it loops (through wrappers: Synapse's wrapped_f)
+            return (inner.__module__ or "", f"{inner.__qualname__} (LoopingCall)")
         return (func.__module__ or "", func.__qualname__)  # type: ignore[attr-defined]
     except Exception:
         return ("", qualname(func))
