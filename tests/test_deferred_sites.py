@@ -6,11 +6,13 @@ Both hot paths, both ways of counting a first firing, a Clock for time."""
 from __future__ import annotations
 
 import functools
+import gc
 import sys
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
+import attrs
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -351,3 +353,31 @@ def test_whereabouts(probe: DeferredsProbe, clock: Clock, errors: ProbeErrors) -
     errors.counts.clear()
     probe.uninstall()
     assert probe.whereabouts(fired_early) == (None, None)
+
+
+@attrs.define
+class Lock:
+    """Synapse's ``WaitingLock``, reduced: attrs writes the ``__init__`` that makes the
+    Deferred, under a pseudo file name (``<attrs generated methods ...Lock>``)."""
+
+    deferred: defer.Deferred[None] = attrs.field(factory=defer.Deferred)
+
+    def release(self) -> None:
+        self.deferred.callback(None)
+
+
+def test_a_deferred_made_by_attrs_generated_code_is_named_by_its_class(
+    clock: Clock, errors: ProbeErrors, accelerate: bool
+) -> None:
+    with installed(clock, errors, accelerate) as probe:
+        held = Lock()
+        Lock()  # dropped unfired: a lost result, listed by site
+        clock.advance(0.1)
+        gc.collect()
+        clock.advance(0.1)
+        section = probe.collect()
+        site = f"{__file__}:{Lock.release.__code__.co_firstlineno} in Lock.__init__ (attrs)"
+        assert rows(section)[site]["pending"] == 1
+        assert [r["site"] for r in section["lost_sites"]] == [site]
+        assert not [s for s in rows(section) if "<attrs" in s]
+        held.release()

@@ -8,6 +8,7 @@ Reactor thread mostly; ``created``/``fired`` may be bumped from other threads (s
 from __future__ import annotations
 
 import os
+import sys
 import types
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -120,8 +121,51 @@ class Site(SiteCountsBase):
         if self.label is None:
             code = self.code
             assert code is not None
-            self.label = frame_site(code.co_filename, self.lineno, code.co_qualname)
+            self.label = generated_site(code.co_filename, code.co_qualname) or frame_site(
+                code.co_filename, self.lineno, code.co_qualname
+            )
         return self.label
+
+
+#: attrs compiles the methods it writes under this pseudo file name, ending with the class.
+_ATTRS_FILE = "<attrs generated "
+
+
+def generated_site(filename: str, function: str) -> str | None:
+    """A label a user can open for code that a library generated for a class of theirs:
+    ``<attrs generated methods pkg.mod.Lock>:27 in __init__`` (Synapse's ``WaitingLock``
+    makes its Deferreds in one) becomes ``pkg/mod.py:LINE in Lock.__init__ (attrs)``, LINE
+    the class's (Python 3.13's ``__firstlineno__``, else its first method's). None for any
+    other code. Once per site, at snapshot time; never raises."""
+    if not filename.startswith(_ATTRS_FILE) or not filename.endswith(">"):
+        return None
+    try:
+        parts = filename[:-1].rsplit(" ", 1)[-1].split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module = sys.modules.get(".".join(parts[:cut]))
+            path = getattr(module, "__file__", None)
+            if not isinstance(path, str):
+                continue
+            cls: Any = module
+            for name in parts[cut:]:
+                cls = getattr(cls, name)
+            line = getattr(cls, "__firstlineno__", None) or _first_method_line(cls, path)
+            return frame_site(path, line, f"{'.'.join(parts[cut:])}.{function} (attrs)")
+    except Exception:  # a class renamed or deleted since: keep the pseudo file name
+        return None
+    return None
+
+
+def _first_method_line(cls: type, path: str) -> int:
+    """The first line of the earliest function defined in ``cls``'s body in ``path``; 0 when
+    it has none (its definition line is not kept before Python 3.13)."""
+    lines = [
+        code.co_firstlineno
+        for value in vars(cls).values()
+        if isinstance(code := getattr(value, "__code__", None), types.CodeType)
+        and code.co_filename == path
+    ]
+    return min(lines, default=0)
 
 
 class TrackedRef(weakref.ref):  # type: ignore[type-arg]
