@@ -146,6 +146,8 @@ class StackOwner:
         if shown is not None:
             code = shown.f_code
             site = frame_site(code.co_filename, shown.f_lineno, code.co_name)
+        if innermost is None:  # no stack captured (stuck inside the poller's wait itself, a
+            return None, "unknown"  # signal handler there, or the process not scheduled)
         return site, owner or "program"
 
     def classify(self, frame: FrameType) -> tuple[Role, bool]:

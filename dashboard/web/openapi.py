@@ -53,7 +53,7 @@ _BLOCK = _object(
     },
     nullable=False,
 )
-_BLOCK["properties"]["owner"]["enum"] = ["program", "dashboard"]
+_BLOCK["properties"]["owner"]["enum"] = ["program", "dashboard", "unknown"]
 _BLOCK["properties"]["stack"]["items"] = {"type": "string"}
 
 _LOOP = _object(
