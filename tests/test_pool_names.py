@@ -120,3 +120,40 @@ def test_library_dirs_cover_twisted_treq_klein() -> None:
         assert module.__file__ is not None
         assert module.__file__.startswith(pool_names.LIBRARY_DIRS)
     assert not __file__.startswith(pool_names.LIBRARY_DIRS)
+
+
+def site_of_caller() -> str | None:
+    """The creation site a pool made by this function's caller would get."""
+    return creation_site(sys._getframe(1))[0]
+
+
+def test_remembered_sites_are_bounded_and_never_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_names, "MAX_FILES_REMEMBERED", 3)
+    monkeypatch.setattr(pool_names, "_LABEL_AT", {})
+    name = "test_remembered_sites_are_bounded_and_never_stale"
+    this_code = sys._getframe().f_code
+    seen = []
+    for _ in range(2):
+        seen.append(site_of_caller())
+        line = sys._getframe().f_lineno - 1
+        # What a call site of another code object at this one's id would have left behind.
+        for key, (code, _label) in list(pool_names._LABEL_AT.items()):
+            if code is this_code:
+                pool_names._LABEL_AT[key] = (site_of_caller.__code__, "stale")
+    assert seen == [f"{__file__}:{line} in {name}"] * 2
+    first = sys._getframe().f_lineno + 1
+    many = [
+        site_of_caller(),
+        site_of_caller(),
+        site_of_caller(),
+        site_of_caller(),
+    ]
+    assert many == [f"{__file__}:{first + i} in {name}" for i in range(1, 5)]
+    assert 0 < len(pool_names._LABEL_AT) <= 3
+    # What a file is, is remembered for the default library directories only.
+    mine = (os.path.join(os.path.dirname(__file__), ""),)
+    for _ in range(2):
+        site, line = creation_site(sys._getframe()), sys._getframe().f_lineno
+        assert site == (f"{__file__}:{line} in {name}", None)
+        elsewhere = creation_site(sys._getframe(), mine)[0]  # this file is library code there
+        assert elsewhere is not None and not elsewhere.startswith(__file__)

@@ -258,6 +258,35 @@ def test_the_install_scan_reads_no_attribute_of_any_object(
     del hostile
 
 
+class ProgramsPool(HTTPConnectionPool):
+    """A program's own subclass of Twisted's HTTP pool."""
+
+
+class ProgramsThreadPool(ThreadPool):
+    """And a subclass of a subclass of ThreadPool."""
+
+
+class DeeperThreadPool(ProgramsThreadPool):
+    pass
+
+
+def test_the_install_scan_finds_subclass_instances_made_before(
+    errors: ProbeErrors, clock: MemoryReactorClock
+) -> None:
+    http = cast(Any, ProgramsPool)(clock)
+    threads = DeeperThreadPool(0, 3, "deeper")
+    probe = PoolsProbe(clock, errors, clock.seconds)
+    probe.install()
+    try:
+        assert probe._http[id(http)].label.startswith(pools_module.BEFORE_START)
+        assert by_name(probe.collect(), "deeper")["max"] == 3
+        assert probe._registry.referrers >= 2
+    finally:
+        probe.uninstall()
+    del http, threads
+    gc.collect()  # a ThreadPool is a reference cycle
+
+
 def test_thread_pools_of_one_name_are_numbered(probe: PoolsProbe) -> None:
     first, second = ThreadPool(0, 1, "twin"), ThreadPool(0, 4, "twin")
     pools = probe.collect()
@@ -296,6 +325,24 @@ def test_registries_are_bounded(
     summary = by_name(probe.collect(), "http (+0 more)")
     assert summary["not_tracked"] == 3
     del kept
+
+
+def test_a_stopped_thread_pool_unlisted_when_full_gives_its_number_back(
+    probe: PoolsProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def make(name: str) -> ThreadPool:
+        return ThreadPool(0, 1, name)
+
+    stopped = make("stopped")
+    monkeypatch.setattr(pool_registry, "MAX_POOLS_TRACKED", len(probe._threads))
+    stopped.stop()  # joined: runs no more work
+    fresh = make("fresh")
+    assert id(stopped) not in probe._threads
+    ref = probe._threads[id(fresh)]
+    assert (ref.number, ref.label) == (1, ref.base)  # not #2: the stopped one's is free
+    assert by_name(probe.collect(), "fresh")["site"] == ref.site
+    del stopped, fresh, ref
+    gc.collect()  # a ThreadPool is a reference cycle
 
 
 # HTTP pools (unit) -------------------------------------------------------------------------
@@ -346,6 +393,70 @@ def test_http_pool_is_named_by_the_line_that_made_it(
     names = [p["name"] for p in made_here(probe.collect())]
     assert names == [here(MAKER, line) + " #2", here(MAKER, line)]
     del twin, third
+
+
+def test_numbers_freed_by_dead_pools_are_reused_smallest_first(
+    probe: PoolsProbe, clock: MemoryReactorClock
+) -> None:
+    names_before = len(probe._registry.numbers["http"])
+    made = [make_http_pool(clock) for _ in range(5)]
+    name = here(MAKER, made[0][1])
+    del made[3], made[1]  # #4 and #2
+    gc.collect()
+    made += [make_http_pool(clock) for _ in range(3)]
+    labels = [probe._http[id(pool)].label for pool, _ in made]
+    assert labels == [name, f"{name} #3", f"{name} #5", f"{name} #2", f"{name} #4", f"{name} #6"]
+    assert len(probe._registry.numbers["http"]) == names_before + 1
+    # Every pool of the name gone: the name is forgotten, the next one is bare again.
+    del made[:]
+    gc.collect()
+    assert len(probe._registry.numbers["http"]) == names_before
+    again, _ = make_http_pool(clock)
+    assert probe._http[id(again)].label == name
+
+
+def lines_run_in_registry(make: Callable[[], object]) -> int:
+    """Lines of pool_registry.py the interpreter runs while ``make()`` runs (its result is
+    dropped at once, so its pool is registered and forgotten): a count of work, no clock."""
+    registry_file = pool_registry.__file__
+    count = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename != registry_file:
+            return None
+        if event == "line":
+            count += 1
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        make()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def test_registering_a_pool_costs_the_same_however_many_pools_live(
+    probe: PoolsProbe, clock: MemoryReactorClock
+) -> None:
+    # A program making an Agent (so a pool) per request, at one line: naming each new pool
+    # must not look at the others (it did: one step per live pool of the same name).
+    def per_request() -> object:
+        return make_http_pool(clock)
+
+    kept = [make_http_pool(clock)]
+    lines_run_in_registry(per_request)  # the first pool past the live ones: a new number
+    with_one = lines_run_in_registry(per_request)
+    kept += [make_http_pool(clock) for _ in range(299)]
+    lines_run_in_registry(per_request)
+    with_300 = lines_run_in_registry(per_request)
+    assert with_one > 10  # the trace sees the registry at work
+    assert with_300 == with_one
+    latest, _ = make_http_pool(clock)
+    assert probe._http[id(latest)].label == here(MAKER, kept[0][1]) + " #301"
+    del kept, latest
 
 
 def test_treq_default_pool_is_named_by_its_caller(

@@ -12,7 +12,8 @@
   Proxy-Authorization header*): only scheme, host and port (and a proxy's host and port)
   are ever shown, never a repr of the key.
 
-Pure functions; any thread may call them; none raises on odd input.
+Any thread may call them; none raises on odd input. They keep no state but
+:func:`creation_site`'s two bounded memories (plain dicts: each operation holds the GIL).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,10 +57,32 @@ LIBRARY_DIRS = package_dirs(("twisted", "treq", "klein", "dashboard"))
 _DEMO = os.path.join("dashboard", "demo.py")
 
 
+#: Source files remembered by :func:`creation_site` (then it starts over).
+MAX_FILES_REMEMBERED = 4096
+
+
 def _is_library(filename: str, library_dirs: Sequence[str]) -> bool:
     if filename.endswith(_DEMO):
         return False  # the demo is a program like any other
     return filename.startswith(tuple(library_dirs))
+
+
+def _file_kind(filename: str, library_dirs: Sequence[str]) -> str | None:
+    """None for the program's own file; for a library file the package that makes pools for
+    its callers (``"klein"``, ``"treq"``) or ``""``."""
+    if not _is_library(filename, library_dirs):
+        return None
+    for package in ("klein", "treq"):
+        if f"{os.sep}{package}{os.sep}" in filename:
+            return package
+    return ""
+
+
+#: filename -> :func:`_file_kind` under :data:`LIBRARY_DIRS`.
+_KIND_OF_FILE: dict[str, str | None] = {}
+#: (id(code), instruction) -> (code, label) of the call sites that made pools. The code is
+#: kept to check the id against (an id is reused once its code is gone).
+_LABEL_AT: dict[tuple[int, int], tuple[CodeType, str]] = {}
 
 
 def creation_site(
@@ -69,22 +92,46 @@ def creation_site(
 
     ``site`` is the first frame outside ``library_dirs`` (the innermost frame when the whole
     stack is library code; None without a frame); ``via`` is ``"treq"`` or ``"klein"`` when
-    that package made the pool on the caller's behalf, else None. Costs one step per frame.
+    that package made the pool on the caller's behalf, else None. Costs one dict look-up per
+    frame and one for the label (about 0.5 us in all two frames deep): what each source file
+    is (for the default ``library_dirs``) and the label of each call site are remembered, up
+    to :data:`MAX_FILES_REMEMBERED` of each (then that memory starts over).
     """
+    kinds = _KIND_OF_FILE if library_dirs is LIBRARY_DIRS else {}
     innermost = frame
     via: str | None = None
     for _ in range(MAX_FRAMES):
         if frame is None:
             break
         filename = frame.f_code.co_filename
-        if not _is_library(filename, library_dirs):
-            return _label(frame), via
-        if via is None:
-            for package in ("treq", "klein"):
-                if f"{os.sep}{package}{os.sep}" in filename:
-                    via = package
+        try:
+            kind = kinds[filename]
+        except KeyError:
+            kind = _file_kind(filename, library_dirs)
+            if len(kinds) >= MAX_FILES_REMEMBERED:
+                kinds.clear()
+            kinds[filename] = kind
+        if kind is None:
+            return _site_label(frame), via
+        if via is None and kind:
+            via = kind
         frame = frame.f_back
-    return (_label(innermost) if innermost is not None else None), None
+    return (_site_label(innermost) if innermost is not None else None), None
+
+
+def _site_label(frame: FrameType) -> str:
+    """:func:`_label`, remembered by call site (``frame.f_lineno`` alone costs about 0.3 us:
+    CPython finds the line by scanning the code's line table)."""
+    code = frame.f_code
+    key = (id(code), frame.f_lasti)
+    known = _LABEL_AT.get(key)
+    if known is not None and known[0] is code:
+        return known[1]
+    label = _label(frame)
+    if len(_LABEL_AT) >= MAX_FILES_REMEMBERED:
+        _LABEL_AT.clear()
+    _LABEL_AT[key] = (code, label)
+    return label
 
 
 def _label(frame: FrameType) -> str:

@@ -5,11 +5,14 @@ What is hooked (class attributes, restored by identity on ``uninstall()``):
 - ``ThreadPool.__init__``, ``HTTPConnectionPool.__init__`` and ``adbapi.ConnectionPool.__init__``
   (rare, never a hot path): each pool made after ``install()`` is registered under a *weak*
   reference, with the code that made it (:func:`~dashboard.probes.pool_names.creation_site`),
-  so a pool the program drops disappears from the list.
-- Pools made *before* ``install()`` are found by one scan of ``gc.get_objects()`` at install
-  (about 1.1 ms per 10,000 objects, 75 ms for 660,000; it compares ``id(type(obj))`` only,
-  so no code of the objects runs). Their creation site is unknown (``site`` and ``age_s``
-  null; an HTTP pool is named ``"http pool made before start"``).
+  so a pool the program drops disappears from the list. About 3.5 us per pool made (and
+  dropped), however many pools are alive: a program that makes an ``Agent`` per request
+  pays it per request.
+- Pools made *before* ``install()`` are found at install by one ``gc.get_referrers()`` of
+  the pool classes (CPython's C loop over every object the collector tracks: about 0.4 ms
+  per 10,000 objects plus 0.3 ms per 100,000 references they hold; it compares
+  ``id(type(obj))`` only, so no code of the objects runs). Their creation site is unknown
+  (``site`` and ``age_s`` null; an HTTP pool is named ``"http pool made before start"``).
 - ``HTTPConnectionPool._newConnection``: Twisted keeps only *idle* connections
   (``_connections``, keyed by ``(scheme, host, port)``); to count the ones in use, a
   pass-through callback on each new connection's Deferred records its protocol (weakly)
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import weakref
 from collections.abc import Callable, Hashable
 from types import FrameType
 from typing import Any
@@ -222,11 +226,13 @@ class PoolsProbe:
         if ref is None or ref() is not pool or not isinstance(result, Deferred):
             return  # a pool not tracked, or an override returning something else
         errors = self._errors
+        if ref.protocols is None:
+            ref.protocols = weakref.WeakKeyDictionary()
 
         def connected(outcome: Any) -> Any:
             try:
                 ref.connecting -= 1
-                if not isinstance(outcome, Failure):
+                if not isinstance(outcome, Failure) and ref.protocols is not None:
                     ref.protocols[outcome] = key
             except Exception as exc:
                 errors.record(PoolsProbe.name, exc)
@@ -368,7 +374,7 @@ class PoolsProbe:
             idle = sum(1 for p in list(cached) if getattr(p, "state", None) == "QUIESCENT")
             if idle:
                 per_key.setdefault(key, [0, 0])[1] += idle
-        for proto, key in list(ref.protocols.items()):
+        for proto, key in list((ref.protocols or {}).items()):
             if getattr(proto, "state", None) in _HTTP_IN_USE_STATES:
                 per_key.setdefault(key, [0, 0])[0] += 1
         per_host: dict[str, list[int]] = {}
