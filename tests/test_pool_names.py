@@ -34,17 +34,40 @@ def test_creation_site_skips_library_frames_and_says_via_whom(tmp_path: Path) ->
 
 
 def test_an_installed_library_is_named_from_its_package() -> None:
-    # What Scrapy's download handler shows: the path from the package, the qualified name.
+    # What Scrapy's download handler shows: the path from the package, the qualified name,
+    # and (a class's __init__) who made the object: here, this test. The site is read while
+    # __init__ runs, as the pool hook reads it.
     filename = "/v/lib/python3.11/site-packages/scrapy/core/downloader/handlers/http11.py"
     source = "import sys\nclass HTTP11DownloadHandler:\n    def __init__(self):\n"
-    source += "        self.frame = sys._getframe(0)\n"
-    namespace: dict[str, Any] = {}
+    source += "        self.site = creation_site(sys._getframe(0), ())\n"
+    namespace: dict[str, Any] = {"creation_site": creation_site}
     exec(compile(source, filename, "exec"), namespace)
-    frame = namespace["HTTP11DownloadHandler"]().frame
-    assert creation_site(frame, ()) == (
-        "scrapy/core/downloader/handlers/http11.py:4 in HTTP11DownloadHandler.__init__",
+    line = sys._getframe().f_lineno + 1
+    site = namespace["HTTP11DownloadHandler"]().site
+    maker = test_an_installed_library_is_named_from_its_package.__code__
+    assert site == (
+        "scrapy/core/downloader/handlers/http11.py:4 in HTTP11DownloadHandler.__init__"
+        f" (from {maker.co_filename}:{line} in {maker.co_name})",
         None,
     )
+
+
+def make_client_pool() -> str | None:
+    """A client class that makes its own pool, as Synapse's ``SimpleHttpClient`` does."""
+
+    class Client:
+        def __init__(self) -> None:
+            self.site = creation_site(sys._getframe(0), ())[0]
+
+    return Client().site
+
+
+def test_pools_made_by_one_client_class_are_told_apart_by_who_made_the_client() -> None:
+    first = make_client_pool()
+    line = make_client_pool.__code__.co_firstlineno
+    inner = f"{__file__}:{line + 5} in make_client_pool.<locals>.Client.__init__"
+    assert first == f"{inner} (from {__file__}:{line + 7} in make_client_pool)"
+    assert make_client_pool() == first  # the same maker: the registry numbers them #2
 
 
 @pytest.mark.parametrize(

@@ -1050,8 +1050,14 @@ def test_scrapy_download_handler_pool_is_named_by_scrapy_line(real_probe: PoolsP
     lines, first = inspect.getsourcelines(HTTP11DownloadHandler.__init__)
     made = [first + i for i, text in enumerate(lines) if "HTTPConnectionPool(" in text]
     assert len(made) == 1
+    line = sys._getframe().f_lineno + 1
     handlers = [HTTP11DownloadHandler(get_crawler()) for _ in range(2)]  # http and https
-    name = f"scrapy/core/downloader/handlers/http11.py:{made[0]} in HTTP11DownloadHandler.__init__"
+    here = test_scrapy_download_handler_pool_is_named_by_scrapy_line.__code__
+    maker = f"{here.co_filename}:{line} in {here.co_qualname}.<locals>.<listcomp>"
+    name = (
+        f"scrapy/core/downloader/handlers/http11.py:{made[0]} in HTTP11DownloadHandler.__init__"
+        f" (from {maker})"
+    )
     pools = real_probe.collect()
     # CONCURRENT_REQUESTS_PER_DOMAIN is the idle connections Scrapy keeps per host.
     assert (by_name(pools, name)["max_per_host"], by_name(pools, name)["max"]) == (8, None)

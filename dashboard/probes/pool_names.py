@@ -112,11 +112,23 @@ def creation_site(
                 kinds.clear()
             kinds[filename] = kind
         if kind is None:
-            return _site_label(frame), via
+            return _maker_label(frame), via
         if via is None and kind:
             via = kind
         frame = frame.f_back
     return (_site_label(innermost) if innermost is not None else None), None
+
+
+def _maker_label(frame: FrameType) -> str:
+    """The site that made the pool; when it is a class's ``__init__`` (a client class that
+    makes its own pool, as Synapse's ``SimpleHttpClient`` does for each of its seven users),
+    followed by who made that object: ``"client.py:835 in SimpleHttpClient.__init__ (from
+    server.py:771 in HomeServer.get_simple_http_client)"``."""
+    label = _site_label(frame)
+    outer = frame.f_back
+    if frame.f_code.co_name == "__init__" and outer is not None:
+        label = f"{label} (from {_site_label(outer)})"
+    return label
 
 
 def _site_label(frame: FrameType) -> str:
