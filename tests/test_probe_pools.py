@@ -885,7 +885,7 @@ async def test_two_named_thread_pools_one_made_before_install(errors: ProbeError
         assert (first["max"], first["in_use"], first["idle"], first["waiting"]) == (2, 2, 0, 1)
         assert (second["max"], second["in_use"], second["idle"], second["waiting"]) == (3, 1, 0, 0)
         assert second["site"] == here("test_two_named_thread_pools_one_made_before_install", line)
-        reactor_pools = [p for p in pools if p["reactor"] is True]
+        reactor_pools = [p for p in pools if p.get("reactor") is True]
         assert [p["name"] for p in reactor_pools] == [REACTOR_POOL]
         assert pools[0]["name"] == REACTOR_POOL  # the reactor's first
         release.set()
