@@ -77,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             times.append(time.perf_counter() - start)
         assert snap["deferreds"]["pending"] >= sites * per_site, snap["deferreds"]["pending"]
         assert snap["connections"]["open"] >= conns, snap["connections"]["open"]
-        assert snap["timeouts"]["delayed_calls"] >= calls, snap["timeouts"]["delayed_calls"]
+        # Above 4,096 pending calls the dashboard's own few are estimated from a sample
+        # (by_function_sampled), so the program's count may be off by a few.
+        timeouts = snap["timeouts"]
+        slack = 0.01 * calls if timeouts["by_function_sampled"] else 0
+        assert timeouts["delayed_calls"] >= calls - slack, timeouts["delayed_calls"]
         for call in delayed:
             call.cancel()
         close_connections(connections)
