@@ -768,24 +768,35 @@ Tracker_settle(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
-/* site_of(deferred): its site while it is in the nursery, else None. */
-static PyObject *
-Tracker_site_of(Tracker *t, PyObject *deferred)
+/* The nursery entry of `deferred`, or NULL when it is not there. */
+static YoungEntry *
+young_find(Tracker *t, PyObject *deferred)
 {
     if (t->young == NULL) {
-        Py_RETURN_NONE;
+        return NULL;
     }
     size_t i = ptr_hash(deferred, 0) & t->ymask;
     for (;;) {
         PyObject *d = t->young[i].deferred;
         if (d == NULL) {
-            Py_RETURN_NONE;
+            return NULL;
         }
         if (d == deferred) {
-            return Py_NewRef(t->young[i].site);
+            return &t->young[i];
         }
         i = (i + 1) & t->ymask;
     }
+}
+
+/* site_of(deferred): its site while it is in the nursery, else None. */
+static PyObject *
+Tracker_site_of(Tracker *t, PyObject *deferred)
+{
+    YoungEntry *entry = young_find(t, deferred);
+    if (entry == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(entry->site);
 }
 
 /* resite(deferred, site): give a nursery Deferred another site; its old site, or None if it
@@ -802,22 +813,13 @@ Tracker_resite(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "resite(): site must be a SiteCounts");
         return NULL;
     }
-    if (t->young == NULL) {
+    YoungEntry *entry = young_find(t, deferred);
+    if (entry == NULL) {
         Py_RETURN_NONE;
     }
-    size_t i = ptr_hash(deferred, 0) & t->ymask;
-    for (;;) {
-        PyObject *d = t->young[i].deferred;
-        if (d == NULL) {
-            Py_RETURN_NONE;
-        }
-        if (d == deferred) {
-            PyObject *old = t->young[i].site; /* the table's reference becomes the caller's */
-            t->young[i].site = Py_NewRef(site);
-            return old;
-        }
-        i = (i + 1) & t->ymask;
-    }
+    PyObject *old = entry->site; /* the table's reference becomes the caller's */
+    entry->site = Py_NewRef(site);
+    return old;
 }
 
 static PyObject *
