@@ -176,6 +176,17 @@ def parse_run_args(argv: Sequence[str]) -> RunOptions | None:
     return RunOptions(port, reactor_name, script=script, args=tuple(argv[index + 1 :]), **tokens)
 
 
+def program_package(module: str | None) -> str | None:
+    """The package ``run -m`` runs, claimed as the user's code when a block is labelled
+    (``synapse`` for ``-m synapse.app.homeserver``: installed in site-packages, it would
+    count as a library's and no frame of it would name a block); None for a script, and for
+    Twisted's own entry points (``-m twisted web``, ``-m twisted.trial``), which stay library."""
+    if module is None:
+        return None
+    package = module.split(".", 1)[0]
+    return None if package in ("twisted", "dashboard") else package
+
+
 def check_script(path: str) -> None:
     """Refuse, before anything is installed, a script that ``python`` could not run."""
     if not os.path.exists(path):
@@ -266,6 +277,9 @@ def run(options: RunOptions) -> int:
         access = access_options(options.token, options.metrics_token)
     except ValueError as exc:
         raise RunUsageError(str(exc)) from None
+    claimed = program_package(options.module)
+    if claimed is not None:
+        access["user_paths"] = (claimed,)
     reactor = install_reactor(options.reactor_name)
     attachment = Attachment(access)
     attachment.start(reactor)

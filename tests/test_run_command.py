@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import pytest
 
-from dashboard.attach import RunOptions, RunUsageError, main, parse_run_args
+from dashboard.attach import RunOptions, RunUsageError, main, parse_run_args, program_package
 
 BIN = Path(sys.executable).parent
 DASHBOARD_LINE = re.compile(r"dashboard on http://127\.0\.0\.1:(\d+)/ \((\w+); running (.+)\)")
@@ -582,3 +582,23 @@ def test_dashboard_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         f"reactor-dashboard run: cannot serve the dashboard on 127.0.0.1:{port}:"
         " Address already in use (choose another with --port)\n"
     )
+
+
+def test_the_package_run_with_m_is_the_users_code_for_blocks() -> None:
+    """``run -m synapse.app.homeserver``: Synapse is installed in site-packages (library code
+    by default), so no frame of its would name a block; the package run is claimed back."""
+    assert program_package("synapse.app.homeserver") == "synapse"
+    assert program_package("mytool") == "mytool"
+    assert program_package("twisted.trial") is None  # Twisted's entry points stay library
+    assert program_package("twisted") is None
+    assert program_package(None) is None  # a script: its own directory is not a library
+    from dashboard.probes.stack_owner import StackOwner
+
+    site_packages = "/venv/lib/python3.11/site-packages/synapse/app/_base.py"
+    code = compile("def start():\n    return sys._getframe(0)\n", site_packages, "exec")
+    namespace: dict[str, Any] = {"sys": sys, "__name__": "synapse.app._base"}
+    exec(code, namespace)
+    frame = namespace["start"]()
+    claimed = StackOwner(user_paths=[str(program_package("synapse.app.homeserver"))])
+    assert claimed.judge(frame)[0] == "synapse/app/_base.py:2 in start"
+    assert StackOwner().classify(frame)[1] is True  # library without the claim
