@@ -236,3 +236,40 @@ def test_live_page_shows_real_losses_loops_and_own_work(
         r"( · blocked the loop (once|\d+ times) recently)?",  # a slow start on a busy machine
         found["own-work-text"],
     ), found["own-work-text"]
+
+
+def test_pool_names_are_short_in_the_chart_legend(
+    browser: BrowserThread, server: ServerProcess
+) -> None:
+    """Synapse's nine HTTP pools: a pool made in a class's ``__init__`` is named with who made
+    the object, which the chart legend shows as the two functions (nine long names took half
+    the page)."""
+    names = [
+        "synapse/http/client.py:835 in SimpleHttpClient.__init__"
+        " (from synapse/server.py:778 in HomeServer.get_proxied_http_client)",
+        "synapse/http/client.py:835 in SimpleHttpClient.__init__"
+        " (from synapse/server.py:778 in HomeServer.get_proxied_http_client) #2",
+        "/work/app/service/clients.py:12 in make_pool",
+        "sqlite3 /var/lib/app/data.db",
+        "twisted.internet.reactor",
+    ]
+
+    def scenario(browser: Browser) -> list[str]:
+        page, _ = new_page(browser)
+        page.goto(server.url)
+        wait_for(page, "() => window.__dashboardStats && window.__dashboardStats.renders >= 1")
+        shown: list[str] = page.evaluate(
+            "async (names) => { const m = await import('./static/js/format.js');"
+            " return names.map((n) => m.shortPool(n)); }",
+            names,
+        )
+        page.context.close()
+        return shown
+
+    assert browser.run(scenario) == [
+        "SimpleHttpClient.__init__ ← HomeServer.get_proxied_http_client",
+        "SimpleHttpClient.__init__ ← HomeServer.get_proxied_http_client #2",
+        "…/service/clients.py:12 in make_pool",
+        "sqlite3 …/data.db",
+        "twisted.internet.reactor",
+    ]

@@ -74,10 +74,22 @@ export function shortSite(site) {
   return `…/${parts.slice(-2).join("/")}${at >= 0 ? site.slice(at) : ""}`;
 }
 
-/** A pool's name kept short for a chart legend: a creation site as shortSite does, an
- * adbapi pool's "driver /path/to/db" as "driver …/db"; anything else unchanged. */
+/** The function of a "path.py:LINE in function" site. */
+const functionOf = (site) => {
+  const at = site.indexOf(" in ");
+  return at >= 0 ? site.slice(at + 4) : shortSite(site);
+};
+
+/** A pool's name kept short for a chart legend: a creation site as shortSite does; a pool
+ * made in a class's __init__ "site (from maker)" by the two functions, "Client.__init__ ←
+ * Server.get_client"; an adbapi pool's "driver /path/to/db" as "driver …/db"; anything else
+ * unchanged. */
 export function shortPool(name) {
   if (typeof name !== "string") return DASH;
+  const made = name.match(/^(.*?) \(from (.*)\)( #\d+)?$/);
+  if (made && / in /.test(made[1])) {
+    return `${functionOf(made[1])} ← ${functionOf(made[2])}${made[3] || ""}`;
+  }
   if (/:\d+ in /.test(name)) return shortSite(name);
   const space = name.indexOf(" ");
   if (space > 0) {
