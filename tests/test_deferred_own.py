@@ -26,6 +26,7 @@ from dashboard.monitor import Monitor
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.deferreds import DeferredsProbe
 from dashboard.testing import global_reactor
+from tests.test_sse_loopback import dechunk
 
 PACKAGE = os.path.dirname(os.path.abspath(dashboard.__file__))
 
@@ -229,16 +230,3 @@ async def test_a_request_in_flight_on_the_own_port_is_not_the_programs(
     web_sites = [r for r in section["sites"] if "twisted/web/" in r["site"] and r["pending"]]
     assert web_sites == []
     assert section["own"]["pending"] >= 1  # the answering request's notifyFinish
-
-
-def dechunk(body: bytes) -> bytes:
-    """The payload of a chunked HTTP/1.1 body."""
-    out = bytearray()
-    while body:
-        size_line, _, body = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += body[:size]
-        body = body[size + 2 :]
-    return bytes(out)
