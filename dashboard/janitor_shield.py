@@ -30,18 +30,12 @@ from typing import Any
 
 import attrs
 
-from dashboard.probes.base import Patcher, is_own_function, is_own_module
+from dashboard.probes.base import Patcher, is_own_function
 
 #: The module whose ``_Janitor`` is wrapped.
 JANITOR_MODULE = "twisted.trial.util"
 #: Where the global reactor is, which a janitor given no reactor cleans.
 INSTALLED_REACTOR = "twisted.internet.reactor"
-
-
-def is_dashboard_module(module: str) -> bool:
-    """Whether code in ``module`` is the dashboard's own (the demo workload is a program
-    like any other)."""
-    return is_own_module(module)
 
 
 @attrs.define

@@ -15,7 +15,8 @@ from twisted.trial import reporter, util
 from twisted.trial.unittest import SynchronousTestCase
 
 from dashboard.attachment import close_port_now, uninstall_reactor
-from dashboard.janitor_shield import JanitorShield, OwnWork, _ImportWatch, is_dashboard_module
+from dashboard.janitor_shield import JanitorShield, OwnWork, _ImportWatch
+from dashboard.probes.base import is_own_module
 
 
 class Case(SynchronousTestCase):
@@ -57,7 +58,7 @@ def program_timer() -> None:
 
 def test_the_janitor_cleans_the_programs_work_and_leaves_the_dashboards(reactor: Any) -> None:
     own_port, program_port = listen(reactor), listen(reactor)
-    own_call = reactor.callLater(60, is_dashboard_module, "a dashboard function")
+    own_call = reactor.callLater(60, is_own_module, "a dashboard function")
     site_call = reactor.callLater(60, own_port.factory.doStart)  # a method of its site
     program_call = reactor.callLater(60, program_timer)
     shield = JanitorShield(reactor, OwnWork([own_port]))
@@ -88,7 +89,7 @@ def test_the_janitor_cleans_the_programs_work_and_leaves_the_dashboards(reactor:
 def test_without_the_shield_the_janitor_takes_everything(reactor: Any) -> None:
     # What the shield is for: trial's janitor alone cancels the dashboard's timers too.
     own_port = listen(reactor)
-    own_call = reactor.callLater(60, is_dashboard_module, "a dashboard function")
+    own_call = reactor.callLater(60, is_own_module, "a dashboard function")
     result = reporter.TestResult()
     util._Janitor(a_test(), result, reactor).postClassCleanup()
     assert not own_call.active()
@@ -97,7 +98,7 @@ def test_without_the_shield_the_janitor_takes_everything(reactor: Any) -> None:
 
 def test_a_janitor_of_another_reactor_is_left_alone(reactor: Any) -> None:
     other: Any = SelectReactor()
-    own_call = other.callLater(60, is_dashboard_module, "x")
+    own_call = other.callLater(60, is_own_module, "x")
     shield = JanitorShield(reactor, OwnWork())
     shield.install()
     try:
@@ -163,10 +164,10 @@ def test_the_shield_patches_trial_when_trial_is_imported_later(
 
 
 def test_own_work_tells_the_dashboards_code_from_the_demos() -> None:
-    assert is_dashboard_module("dashboard.monitor")
-    assert is_dashboard_module("dashboard")
-    assert not is_dashboard_module("dashboard.demo")
-    assert not is_dashboard_module("dashboards_of_mine")
+    assert is_own_module("dashboard.monitor")
+    assert is_own_module("dashboard")
+    assert not is_own_module("dashboard.demo")
+    assert not is_own_module("dashboards_of_mine")
 
 
 def test_a_programs_looping_call_start_hooked_by_the_dashboard_is_the_programs(

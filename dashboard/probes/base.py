@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import types
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -170,6 +171,16 @@ OWN_PACKAGE = "dashboard"
 PROGRAM_MODULES = frozenset({"dashboard.demo"})
 #: At most this many ``__wrapped__`` links are followed (a hook of a hook...).
 _UNWRAP_LIMIT = 8
+
+
+#: The dashboard package's directory, and the file in it that is a program like any other.
+OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_FILE = os.path.join(OWN_DIR, "demo.py")
+
+
+def is_own_file(filename: str) -> bool:
+    """Whether code in ``filename`` is the dashboard's own (the package, not its demo)."""
+    return filename.startswith(OWN_DIR + os.sep) and filename != DEMO_FILE
 
 
 def is_own_module(module: object) -> bool:

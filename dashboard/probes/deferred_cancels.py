@@ -37,8 +37,13 @@ from typing import Any
 
 from twisted.internet import defer
 
-from dashboard.probes.base import DEFERRED_MACHINERY, Patcher, ProbeErrors, unwrapped
-from dashboard.probes.deferreds import is_own_file
+from dashboard.probes.base import (
+    DEFERRED_MACHINERY,
+    Patcher,
+    ProbeErrors,
+    is_own_file,
+    unwrapped,
+)
 from dashboard.probes.timer_frames import TimerFrames, holds, is_io_delivery
 
 #: ``DeferredsProbe.whereabouts``: a Deferred's creation site and age in seconds (or Nones).

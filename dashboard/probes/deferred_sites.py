@@ -7,7 +7,6 @@ Reactor thread mostly; ``created``/``fired`` may be bumped from other threads (s
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 import weakref
@@ -17,15 +16,6 @@ from twisted.internet import defer
 
 from dashboard import accel
 from dashboard.probes.base import DEFERRED_MACHINERY, frame_site
-
-#: The dashboard package's directory: code there is the dashboard's own, but for the demo.
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_DEMO = _OWN_DIR + "demo.py"
-
-
-def is_own_file(filename: str) -> bool:
-    """Whether code in ``filename`` is the dashboard's own (the package, not its demo)."""
-    return filename.startswith(_OWN_DIR) and filename != _DEMO
 
 
 class PySiteCounts:

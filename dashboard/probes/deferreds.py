@@ -61,6 +61,7 @@ from dashboard.probes.base import (
     ProbeErrors,
     TimeSource,
     frame_site,
+    is_own_file,
     qualname,
     unwrapped,
 )
@@ -76,9 +77,6 @@ from dashboard.probes.deferred_sites import (
     site_oldest_age,
     totals,
     transparent_codes,
-)
-from dashboard.probes.deferred_sites import (
-    is_own_file as is_own_file,  # re-exported: timeouts reads who owns a cancel with it
 )
 from dashboard.probes.deferred_source import bind_first_fire, init_is_plain, with_first_fire
 from dashboard.probes.deferred_waiting import describe_waiting

@@ -34,7 +34,7 @@ import sysconfig
 from collections.abc import Iterable
 from types import FrameType
 
-from dashboard.probes.base import frame_site
+from dashboard.probes.base import DEMO_FILE, OWN_DIR, frame_site
 
 #: Frames looked at from the innermost outwards (recursion can make stacks deep).
 MAX_WALK = 1_000
@@ -43,13 +43,10 @@ CACHE_LIMIT = 4_096
 #: Top-level packages whose frames are the machinery the dashboard and programs both run on.
 FRAMEWORK_PACKAGES = ("twisted", "klein", "werkzeug", "jinja2", "markupsafe")
 
-#: the dashboard package (this file is dashboard/probes/stack_owner.py)
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEMO = os.path.join(_PACKAGE_DIR, "demo.py")
 _LAUNCHERS = frozenset(
-    os.path.join(_PACKAGE_DIR, name) for name in ("cli.py", "attach.py", "__main__.py")
+    os.path.join(OWN_DIR, name) for name in ("cli.py", "attach.py", "__main__.py")
 )
-_PROBES_DIR = os.path.join(_PACKAGE_DIR, "probes") + os.sep
+_PROBES_DIR = os.path.join(OWN_DIR, "probes") + os.sep
 #: code the dashboard generates at run time (the pure-Python wait hook)
 _GENERATED = frozenset({"<timed_wait>"})
 _SITE_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
@@ -179,8 +176,8 @@ class StackOwner:
     def _role(self, path: str, module: str) -> Role:
         if path in _GENERATED:
             return Role.HOOK
-        if path.startswith(_PACKAGE_DIR + os.sep):
-            if path == _DEMO:
+        if path.startswith(OWN_DIR + os.sep):
+            if path == DEMO_FILE:
                 return Role.OTHER
             if path in _LAUNCHERS:
                 return Role.LAUNCHER
