@@ -30,6 +30,7 @@ from twisted.internet.task import deferLater
 
 from dashboard.monitor import Monitor
 from dashboard.probes import process as process_module
+from dashboard.probes import stack_owner
 from dashboard.probes.base import ProbeErrors, shorten_path
 from dashboard.probes.loop import LoopProbe
 from dashboard.probes.stack_owner import StackOwner
@@ -204,6 +205,20 @@ def test_site_packages_is_library_unless_claimed_back(tmp_path: Path) -> None:
     assert where is not None and where.startswith("vendorlib/__init__.py:")
     where, _ = call_vendor(StackOwner(user_paths=(str(package_dir),)))
     assert where is not None and where.startswith("vendorlib/__init__.py:")
+
+
+def test_the_demo_installed_in_site_packages_is_a_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pip install .`` puts dashboard/demo.py in site-packages: the demo's block must still
+    name the demo's line (it named the venv's ``bin/reactor-dashboard`` script)."""
+    demo = tmp_path / "lib" / "site-packages" / "dashboard" / "demo.py"
+    monkeypatch.setattr(stack_owner, "DEMO_FILE", str(demo))
+    source = "import sys\ndef blocking_report():\n    return sys._getframe(0)\n"
+    namespace: dict[str, Any] = {"__name__": "dashboard.demo"}
+    exec(compile(source, str(demo), "exec"), namespace)
+    frame = namespace["blocking_report"]()
+    assert StackOwner().judge(frame) == ("dashboard/demo.py:3 in blocking_report", "program")
 
 
 def test_only_library_frames_name_the_innermost_and_no_frame_names_nothing(

@@ -169,6 +169,8 @@ class StackOwner:
             return role, False
         if _under(path, self.library_paths) or _in_modules(module, self.library_modules):
             return role, True
+        if path == DEMO_FILE:  # a program, even where the package sits in site-packages
+            return role, False
         if role is not Role.OTHER:
             return role, True
         return role, any(marker in path for marker in _SITE_MARKERS)
