@@ -50,6 +50,8 @@ def leak():
 def block():
     time.sleep(0.4)
 """
+#: How many times the program blocks (see main).
+BLOCKS = 3
 #: A pending Deferred's creating function, named with no place to break a line: the sites and
 #: oldest tables must wrap it rather than grow sideways.
 LONG_FUNCTION = "leak_" + "without_a_place_to_break_" * 8
@@ -112,7 +114,10 @@ def main(argv: list[str]) -> None:
     namespace[LONG_FUNCTION]()
     # From the running reactor: scheduled before run(), a slow start (a loaded machine) could
     # run it before the loop probe's first poller wait, when no busy span is measured yet.
-    reactor.callWhenRunning(reactor.callLater, 0.5, namespace["block"])
+    # Three times, a second apart: on a loaded machine the watchdog thread can be scheduled
+    # only after the sleep returned, and that block has no stack (the test needs one).
+    for n in range(BLOCKS):
+        reactor.callWhenRunning(reactor.callLater, 0.5 + n, namespace["block"])
 
     idle_protocol = timing_out_protocol()
     app_port = reactor.listenTCP(0, Site(HoldOpen()), interface="127.0.0.1")

@@ -270,7 +270,10 @@ async def test_a_block_in_jinja_called_by_the_dashboard_is_the_dashboards(
     assert any("dashboard/web/page.py:" in frame for frame in stack), stack
     assert any("jinja2/" in frame for frame in stack), stack
     assert block["owner"] == "dashboard", stack
-    assert block["where"] == site(render, "# the dashboard renders")
+    # Named by the dashboard's own frame, not by the caller (here the test) that ran it.
+    (page_frame,) = [frame for frame in stack if "dashboard/web/page.py:" in frame]
+    assert page_frame.endswith(" in render_page") and block["where"] == page_frame
+    assert site(render, "# the dashboard renders") in stack
 
 
 @async_test
@@ -295,6 +298,7 @@ async def test_a_slow_snapshot_is_the_dashboards(monkeypatch: pytest.MonkeyPatch
         assert any("dashboard/monitor.py:" in frame for frame in block["stack"]), block["stack"]
         assert block["stack"][-1].startswith(f"{process_module.__file__}:"), block["stack"]
         assert block["owner"] == "dashboard", block["stack"]
+        assert block["where"] == block["stack"][-1], block  # the process probe's frame
 
 
 @async_test

@@ -24,7 +24,7 @@ from twisted.internet.task import Clock, deferLater
 
 from dashboard import accel
 from dashboard.probes.base import ProbeErrors
-from dashboard.probes.loop import LoopProbe
+from dashboard.probes.loop import LoopProbe, between_work_codes
 from dashboard.probes.watchdog import Watchdog, format_stack
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -357,6 +357,45 @@ def test_watchdog_errors_are_counted_from_its_thread(errors: ProbeErrors) -> Non
     assert not dog.running and pulse.captured is None
 
 
+def _spin_until(stop: threading.Event) -> None:
+    while not stop.is_set():
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_a_stack_taken_back_in_the_loop_is_not_published(late: bool) -> None:
+    """A watchdog scheduled after the blocking call returned finds the thread in the loop's own
+    code: that stack names nothing of the block, so it is dropped and counted, never shown."""
+    from dashboard.probes.watchdog import ReactorPulse
+
+    stop = threading.Event()
+    watched = threading.Thread(target=_spin_until, args=(stop,), daemon=True)
+    watched.start()
+    pulse = ReactorPulse()
+    pulse.tick = 0.0
+    assert watched.ident is not None
+    dog = Watchdog(
+        pulse,
+        thread_ident=watched.ident,
+        threshold_s=0.1,
+        clock=lambda: 1.0,
+        on_error=lambda exc: None,
+        between_work=frozenset([_spin_until.__code__]) if late else frozenset(),
+    )
+    try:
+        caught = dog.check()
+        again = dog.check()  # the same span is not looked at twice
+    finally:
+        stop.set()
+        watched.join(2)
+    if late:
+        assert (caught, again, dog.late_total, dog.captures_total) == (False, False, 1, 0)
+        assert pulse.captured is None and dog.detail is None
+    else:
+        assert (caught, again, dog.late_total, dog.captures_total) == (True, False, 0, 1)
+        assert pulse.captured is not None and pulse.captured[1][-1].endswith("in _spin_until")
+
+
 # integration: the reactor under test ----------------------------------------------------
 
 
@@ -365,6 +404,28 @@ def _wait_hook_target(reactor: Any) -> tuple[Any, str]:
     if loop is not None:
         return loop._selector, "select"
     return reactor, "_poller"
+
+
+@async_test
+async def test_the_loop_code_around_callbacks_is_known_on_the_real_reactor() -> None:
+    """Every delayed call runs under one of the reactor's loop frames that mark a stack as
+    taken too late, and its own code is not one of them."""
+    reactor = the_reactor()
+    codes = between_work_codes(reactor)
+    seen: list[list[bool]] = []
+
+    def callback() -> None:
+        frame = sys._getframe()
+        marks = []
+        while frame is not None:
+            marks.append(frame.f_code in codes)
+            frame = frame.f_back  # type: ignore[assignment]
+        seen.append(marks)
+
+    await deferLater(reactor, 0.01, callback)
+    (marks,) = seen
+    assert marks[0] is False and any(marks[1:])
+    assert len(codes) >= 3
 
 
 @async_test

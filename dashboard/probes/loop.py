@@ -41,6 +41,7 @@ import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
 from dashboard import accel
@@ -157,6 +158,7 @@ class LoopProbe:
             on_error=self._record_error,
             interval_s=self.watchdog_interval_s,
             judge=self.stack_owner.judge,
+            between_work=between_work_codes(self._reactor),
         )
         if self.watchdog_enabled and self.wait_hook is not None:
             self.watchdog.start()
@@ -353,6 +355,7 @@ class LoopProbe:
             "interval_s": round(max(wall_s, 0.0), 6),
             "iterations_total": pulse.spans,
             "blocks_total": self.blocks_total,
+            "stacks_late_total": 0 if self.watchdog is None else self.watchdog.late_total,
             "blocks": [
                 {
                     "at": round(at, 6),
@@ -389,6 +392,30 @@ def _poller_signature(poller: Any) -> str:
     if poll is not None and type(poller) is type(poll()):
         return "timeout"
     return "any"
+
+
+#: The reactor's own loop, between one piece of work and the next (``doIteration`` is each
+#: reactor's wait caller: ``doPoll``, ``doSelect``...).
+REACTOR_LOOP_METHODS = ("mainLoop", "doIteration", "runUntilCurrent")
+#: asyncio's loop, around its selector wait and between handles.
+ASYNCIO_LOOP_METHODS = ("run_forever", "_run_once")
+
+
+def between_work_codes(reactor: Any) -> frozenset[CodeType]:
+    """Code objects whose frame, innermost in a captured stack, means the reactor was back in
+    its own loop: the blocking call had returned before the stack was taken."""
+    owners: list[tuple[type, tuple[str, ...]]] = [(type(reactor), REACTOR_LOOP_METHODS)]
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is not None:
+        owners.append((type(loop), ASYNCIO_LOOP_METHODS))
+    codes: set[CodeType] = set()
+    for owner, names in owners:
+        for name in names:
+            method = getattr(owner, name, None)
+            code = getattr(inspect.unwrap(method), "__code__", None) if method else None
+            if isinstance(code, CodeType):
+                codes.add(code)
+    return frozenset(codes)
 
 
 def _signature_of(wait: Callable[..., Any]) -> str:

@@ -8,7 +8,9 @@
   ``dist-packages``, and the caller's ``library_paths``; ``user_paths`` claims code back (your
   own package installed in site-packages). An entry with a ``/`` is a path prefix (a directory
   or a file), any other a module name (``"parsel"`` covers ``parsel.selector``). When no frame
-  is the user's, ``where`` is the innermost frame; with no stack, ``None``.
+  is the user's, ``where`` is the innermost frame; with no stack, ``None``. A block of the
+  dashboard's own work is named by the dashboard's frame that decided its ``owner`` (its
+  ``sample`` or ``render_page``), not by the program's outer frame that happened to run it.
 * ``owner``: ``"dashboard"`` when the loop was stalled by the dashboard's own work (a page
   render, a snapshot, a sweep), else ``"program"``. Walking outwards from the innermost frame,
   standard-library and framework frames (Twisted, Klein, werkzeug, Jinja templates and jinja2,
@@ -134,6 +136,7 @@ class StackOwner:
                     pass  # the program's work passing through a probe's hook
                 elif role is Role.DASHBOARD or role is Role.HOOK:
                     owner = "dashboard"
+                    where = frame  # its own work is named by its own frame, not the caller's
                 else:
                     owner = "program"
             frame = frame.f_back

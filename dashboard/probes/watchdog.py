@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, TypeAlias
 
 from dashboard.probes.base import frame_site
@@ -88,6 +88,12 @@ class Watchdog:
     :mod:`dashboard.probes.stack_owner`); ``detail`` holds ``(tick, where, owner)`` of the
     latest capture, set before ``pulse.captured``. A failing judge is reported to ``on_error``
     and the stack is still published, named by its innermost frame.
+
+    ``between_work``: code objects of the reactor's own loop (its ``mainLoop``, its wait's
+    caller, asyncio's ``_run_once``). A stack whose innermost frame runs one of them was taken
+    after the blocking call had returned (the thread was scheduled late, as on a loaded
+    machine): it shows nothing of what blocked, so it is not published (``late_total``) and
+    the block is recorded without a stack rather than named by the loop's caller.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Watchdog:
         interval_s: float = 0.005,
         format_stack: Callable[[FrameType | None], list[str]] = format_stack,
         judge: Judge | None = None,
+        between_work: frozenset[CodeType] = frozenset(),
     ) -> None:
         self.pulse = pulse
         self.thread_ident = thread_ident
@@ -109,6 +116,7 @@ class Watchdog:
         self.clock = clock
         self.format_stack = format_stack
         self.judge = judge
+        self.between_work = between_work
         #: ``(tick, where, owner)`` of the latest capture
         self.detail: tuple[float, str | None, str] | None = None
         self._on_error = on_error
@@ -119,6 +127,8 @@ class Watchdog:
         self.captures_total = 0
         #: looks taken with the GIL (``check()`` calls of the thread) since creation
         self.looks_total = 0
+        #: blocks whose only stack was taken after the blocking call returned (not published)
+        self.late_total = 0
 
     @property
     def running(self) -> bool:
@@ -217,6 +227,12 @@ class Watchdog:
         if self.clock() - tick < self.threshold_s:
             return False  # busy for less than the threshold, or waiting (tick is +inf)
         frame = sys._current_frames().get(self.thread_ident)
+        if frame is not None and frame.f_code in self.between_work:
+            del frame
+            if pulse.tick == tick:
+                self._caught_tick = tick  # caught too late; this span is not looked at again
+                self.late_total += 1
+            return False
         try:
             stack = self.format_stack(frame)
             where, owner = self._judge(frame, stack)
