@@ -3,10 +3,17 @@
 The extension is a pure speed-up: ``dashboard`` falls back to pure Python when it cannot be
 imported.  So the build never fails because of it:
 
-* only CPython 3.11 and 3.12 build it (the C source uses those versions' internal frame
-  layout); anything else is skipped with a message and gets a pure wheel;
+* it reads CPython's internal frame layout, one header per version in
+  ``dashboard/accel_frames/``: CPython 3.11, 3.12 and 3.13 build it (tested); 3.14's header
+  is written from CPython's 3.14 sources but has never run, so 3.14 builds it only when
+  ``REACTOR_DASHBOARD_ACCEL_UNTESTED=1`` is set; any other interpreter (another version, a
+  free-threaded build, not CPython) is skipped and gets a pure wheel;
 * any compile or link failure (no compiler, no Python headers, ...) prints a warning and the
   wheel is pure as well.
+
+Whatever the reason for a pure wheel, one line says so, in the build's output and on the
+controlling terminal (pip shows a backend's output only with ``-v``); the running probes say
+``hot_path: "python"``, and ``dashboard.accel.absent_reason()`` says why.
 
 It is compiled with the running interpreter's own toolchain settings from ``sysconfig`` (CC,
 CFLAGS, CCSHARED, INCLUDEPY, LDSHARED, EXT_SUFFIX), honouring the usual CC, LDSHARED, CPPFLAGS,
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +44,16 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 PACKAGE = "dashboard"
 MODULE = "_accel"
 SOURCE = f"{PACKAGE}/{MODULE}.c"
-SUPPORTED_VERSIONS = ((3, 11), (3, 12))
+#: The headers the C source includes (one per CPython version), next to it in the sdist.
+HEADERS = f"{PACKAGE}/accel_frames"
+#: Versions whose frame header has run here, under the whole test suite.
+SUPPORTED_VERSIONS = ((3, 11), (3, 12), (3, 13))
+#: Versions whose header is written from CPython's sources but has never run: built on request.
+UNTESTED_VERSIONS = ((3, 14),)
+#: Set to 1 to build on an UNTESTED_VERSIONS interpreter.
+UNTESTED_ENV = "REACTOR_DASHBOARD_ACCEL_UNTESTED"
+#: Where the fallback line is also written (see AccelBuildHook._fall_back).
+TERMINAL = "/dev/tty"
 COMMAND_TIMEOUT = 600  # seconds, per compiler / linker call
 OUTPUT_TAIL = 4000  # characters of compiler output shown in the warning
 
@@ -56,12 +73,12 @@ class AccelBuildHook(BuildHookInterface[BuilderConfig]):
         editable = version == "editable"
         reason = _unsupported_reason()
         if reason is not None:
-            self._say(f"skipping the optional C extension {PACKAGE}.{MODULE}: {reason}")
+            self._fall_back(f"not built: {reason}")
             return
 
         source = Path(self.root, SOURCE)
-        if not source.is_file():
-            self._warn(f"{SOURCE} not found; building without the C extension")
+        if not source.is_file() or not Path(self.root, HEADERS, "frames.h").is_file():
+            self._fall_back(f"not built: {SOURCE} or {HEADERS}/ not found")
             return
 
         ext_suffix = str(sysconfig.get_config_var("EXT_SUFFIX"))
@@ -77,10 +94,7 @@ class AccelBuildHook(BuildHookInterface[BuilderConfig]):
                 # Never leave an old binary that no longer matches the C source.
                 in_tree.unlink()
                 stale = f"; removed the stale {in_tree.relative_to(self.root)}"
-            self._warn(
-                f"could not build the optional C extension {PACKAGE}.{MODULE}; "
-                f"the pure-Python fallback will be used{stale}.\n{exc}"
-            )
+            self._fall_back(f"could not be compiled{stale} (pip install -v shows why)", str(exc))
             self._cleanup()
             return
 
@@ -94,7 +108,7 @@ class AccelBuildHook(BuildHookInterface[BuilderConfig]):
                 os.replace(staging, in_tree)
             except OSError as exc:
                 staging.unlink(missing_ok=True)
-                self._warn(f"could not install the built extension as {in_tree}: {exc}")
+                self._fall_back(f"could not be installed as {in_tree}: {exc}")
             else:
                 self._say(f"built {in_tree.relative_to(self.root)} (editable, in the source tree)")
             self._cleanup()
@@ -122,17 +136,54 @@ class AccelBuildHook(BuildHookInterface[BuilderConfig]):
     def _say(self, message: str) -> None:
         self.app.display_info(f"[{PACKAGE}.{MODULE}] {message}")
 
-    def _warn(self, message: str) -> None:
-        self.app.display_warning(f"WARNING [{PACKAGE}.{MODULE}] {message}")
+    def _fall_back(self, what: str, detail: str = "") -> None:
+        """Say in one line that the probes will run pure Python, and why: in the build's
+        output, and on the terminal. A frontend such as pip shows a build backend's output
+        only with ``-v`` (or when the build fails, which this never does), so the line is also
+        written to the controlling terminal, where there is one."""
+        line = (
+            f"reactor-dashboard: the optional C accelerator {PACKAGE}.{MODULE} {what}; "
+            "the probes run pure Python (same figures, slower hot paths)"
+        )
+        self.app.display_warning(f"WARNING {line}" + (f"\n{detail}" if detail else ""))
+        _to_terminal(line)
 
 
-def _unsupported_reason() -> str | None:
-    """Why this interpreter does not get the extension, or None if it does."""
-    if sys.implementation.name != "cpython":
-        return f"not CPython ({sys.implementation.name})"
-    if sys.version_info[:2] not in SUPPORTED_VERSIONS:
-        supported = " and ".join(f"{major}.{minor}" for major, minor in SUPPORTED_VERSIONS)
-        return f"Python {sys.version_info.major}.{sys.version_info.minor} (only {supported})"
+def _to_terminal(line: str) -> None:
+    """``line`` on the controlling terminal, if there is one; nothing otherwise."""
+    try:
+        with open(TERMINAL, "w", encoding="utf-8") as tty:
+            tty.write(line + "\n")
+    except OSError:  # no terminal (CI, a service), or not a Unix
+        pass
+
+
+def _unsupported_reason(
+    implementation: str | None = None,
+    version: tuple[int, int] | None = None,
+    free_threaded: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """Why this interpreter (by default the running one) does not get the extension, or None
+    if it does. (The rules of ``dashboard.accel.interpreter_reason``, which cannot be
+    imported here: tests/test_accel_versions.py checks that their version lists agree.)"""
+    implementation = sys.implementation.name if implementation is None else implementation
+    version = sys.version_info[:2] if version is None else version
+    if free_threaded is None:
+        free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    environ = os.environ if environ is None else environ
+    if implementation != "cpython":
+        return f"not CPython ({implementation})"
+    named = f"Python {version[0]}.{version[1]}"
+    if free_threaded:
+        return f"{named} is a free-threaded build (the extension assumes the GIL)"
+    if version in UNTESTED_VERSIONS:
+        if environ.get(UNTESTED_ENV) == "1":
+            return None
+        return f"{named} support is written but untested (set {UNTESTED_ENV}=1 to build it)"
+    if version not in SUPPORTED_VERSIONS:
+        supported = ", ".join(f"{major}.{minor}" for major, minor in SUPPORTED_VERSIONS)
+        return f"{named} is not supported (only {supported})"
     return None
 
 

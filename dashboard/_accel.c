@@ -13,23 +13,19 @@
  * Same semantics as the pure-Python path, which stays the fallback: the site is the first
  * complete frame outside Twisted's Deferred helpers (as sys._getframe sees frames),
  * succeed() results are counted as born fired, errors are handed to a Python callback and
- * never raised into the caller. CPython 3.11 and 3.12 only (internal frame layout); the
- * build skips the module elsewhere.
+ * never raised into the caller. The interpreter's internals it reads (the frame stack, one
+ * flag of an instance) are in accel_frames/, one header per CPython version; hatch_build.py
+ * builds the module only on the versions it lists, and skips it elsewhere.
  */
 #define PY_SSIZE_T_CLEAN
 #define Py_BUILD_CORE
 #include <Python.h>
 #include <structmember.h>
-#include "internal/pycore_frame.h"
-#include "internal/pycore_object.h"
+#include "accel_frames/frames.h" /* everything that differs between CPython versions */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <time.h>
-
-#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030D0000
-#error "dashboard._accel supports CPython 3.11 and 3.12 only"
-#endif
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
 #define ACCEL_ABI 9
@@ -423,11 +419,11 @@ report_error(PyObject *on_error)
     return 0;
 }
 
-static inline _PyInterpreterFrame *
-first_complete(_PyInterpreterFrame *f)
+static inline rd_frame *
+first_complete(rd_frame *f)
 {
-    while (f != NULL && _PyFrame_IsIncomplete(f)) {
-        f = f->previous;
+    while (f != NULL && rd_frame_incomplete(f)) {
+        f = rd_frame_previous(f);
     }
     return f;
 }
@@ -436,9 +432,9 @@ first_complete(_PyInterpreterFrame *f)
  * and -1: *site borrowed, or left NULL when the frame holds no generator. -1 on error. Only
  * for a Deferred made by an inlineCallbacks function used as a callback (not a hot path). */
 static int
-generator_site(Tracker *t, _PyInterpreterFrame *driving, PyObject **site)
+generator_site(Tracker *t, rd_frame *driving, PyObject **site)
 {
-    PyObject *gen = driving->localsplus[0];
+    PyObject *gen = rd_frame_local0(driving);
     PyObject *name = NULL;
     if (gen == NULL) {
         return 0;
@@ -469,16 +465,16 @@ static int
 track_new(Tracker *t, PyObject *deferred)
 {
     PyThreadState *ts = PyThreadState_Get();
-    _PyInterpreterFrame *f = first_complete(ts->cframe->current_frame);
+    rd_frame *f = first_complete(rd_current_frame(ts));
     PyObject *site;
-    if (f != NULL && (PyObject *)f->f_code == t->succeed_code) {
+    if (f != NULL && (PyObject *)rd_frame_code(f) == t->succeed_code) {
         t->born_fired++; /* succeed(): created fired, never pending: counted, not located */
         return 0;
     }
-    _PyInterpreterFrame *driving = NULL; /* the frame that drives an inlineCallbacks generator */
+    rd_frame *driving = NULL; /* the frame that drives an inlineCallbacks generator */
     site = NULL;
-    while (f != NULL && is_transparent(t, f->f_code)) {
-        PyObject *code = (PyObject *)f->f_code;
+    while (f != NULL && is_transparent(t, rd_frame_code(f))) {
+        PyObject *code = (PyObject *)rd_frame_code(f);
         if (code == t->generator_code) {
             driving = f;
         }
@@ -492,13 +488,13 @@ track_new(Tracker *t, PyObject *deferred)
                 break;
             }
         }
-        f = first_complete(f->previous);
+        f = first_complete(rd_frame_previous(f));
     }
     if (site == NULL && f == NULL) {
         site = t->other;
     }
     else if (site == NULL) {
-        site = site_for(t, f->f_code, _PyInterpreterFrame_LASTI(f));
+        site = site_for(t, rd_frame_code(f), rd_frame_lasti(f));
         if (site == NULL) {
             return report_error(t->on_error);
         }
@@ -1065,11 +1061,7 @@ accel_dict_materialized(PyObject *module, PyObject *obj)
     if (!(Py_TYPE(obj)->tp_flags & Py_TPFLAGS_MANAGED_DICT)) {
         Py_RETURN_NONE;
     }
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyBool_FromLong(!_PyDictOrValues_IsValues(*_PyObject_DictOrValuesPointer(obj)));
-#else
-    return PyBool_FromLong(*_PyObject_ManagedDictPointer(obj) != NULL);
-#endif
+    return PyBool_FromLong(rd_dict_materialized(obj));
 }
 
 static PyMethodDef accel_methods[] = {
@@ -1665,7 +1657,7 @@ io_count_in(IOHook *h, PyObject *self, PyObject *data)
 static int
 io_count_out(IOHook *h, PyObject *self, PyObject *sent)
 {
-    if (!PyLong_CheckExact(sent) || _PyLong_Sign(sent) <= 0) {
+    if (!PyLong_CheckExact(sent) || rd_long_sign(sent) <= 0) {
         return 0;
     }
     PyObject *entry = io_entry(h, self);

@@ -19,6 +19,8 @@ import ast
 import copy
 import dis
 import inspect
+import linecache
+import symtable
 import types
 from collections.abc import Callable
 from typing import Any
@@ -160,12 +162,20 @@ def with_first_fire(
             if rest is not None:
                 rest.annotation = None
         func.returns = None
-        unedited = _compiled(start, copy.deepcopy(func), first_fire)
+        imported: frozenset[str] = frozenset()
+        unedited = _compiled(start, copy.deepcopy(func), first_fire, imported)
         if _program(unedited.__code__) != _program(start.__code__):
-            return None  # the file changed since it was imported, or compiles otherwise
+            # 3.13's compiler calls a method of a name its module imports as LOAD_ATTR +
+            # PUSH_NULL, not as a method load: compile again with those imports declared
+            imported = _module_imports(start) & _identifiers(func)
+            if not imported:
+                return None
+            unedited = _compiled(start, copy.deepcopy(func), first_fire, imported)
+            if _program(unedited.__code__) != _program(start.__code__):
+                return None  # the file changed since it was imported, or compiles otherwise
         call = ast.Expr(ast.Call(ast.Name(HOOK, ast.Load()), [ast.Name("self", ast.Load())], []))
         func.body.insert(marks[0], ast.copy_location(call, func.body[marks[0]]))
-        new = _compiled(start, func, first_fire)
+        new = _compiled(start, func, first_fire, imported)
     except Exception:  # whatever the source holds, the caller falls back to a wrapper
         return None
     new.__defaults__ = start.__defaults__
@@ -176,11 +186,28 @@ def with_first_fire(
     return result
 
 
+def _module_imports(method: types.FunctionType) -> frozenset[str]:
+    """The names an ``import`` binds at the top level of ``method``'s file, as its module's
+    symbol table marks them (what 3.13's compiler reads to choose a plain attribute load over
+    a method load): the file as the interpreter's line cache holds it."""
+    filename = method.__code__.co_filename
+    source = "".join(linecache.getlines(filename, method.__globals__))
+    if not source:
+        return frozenset()
+    table = symtable.symtable(source, filename, "exec")
+    return frozenset(s.get_name() for s in table.get_symbols() if s.is_imported())
+
+
 def _compiled(
-    method: types.FunctionType, func: ast.FunctionDef, hook: Callable[[Any], object]
+    method: types.FunctionType,
+    func: ast.FunctionDef,
+    hook: Callable[[Any], object],
+    imported: frozenset[str] = frozenset(),
 ) -> types.FunctionType:
     """``func`` compiled inside a closure maker that binds ``hook``, in ``method``'s file and
-    module globals, named as ``method`` is."""
+    module globals, named as ``method`` is. Each name in ``imported`` is declared imported at
+    the top of the compiled module by an ``import`` that never runs (``if False:``), so that
+    the compiler treats it as the original module's symbol table does."""
     maker = ast.FunctionDef(
         name="_rd_make",
         args=ast.arguments(
@@ -189,7 +216,11 @@ def _compiled(
         body=[func, ast.Return(ast.Name(func.name, ast.Load()))],
         decorator_list=[],
     )
-    module = ast.fix_missing_locations(ast.Module(body=[maker], type_ignores=[]))
+    declared: list[ast.stmt] = []
+    if imported:
+        imports: list[ast.stmt] = [ast.Import([ast.alias(name)]) for name in sorted(imported)]
+        declared.append(ast.If(ast.Constant(False), imports, []))
+    module = ast.fix_missing_locations(ast.Module(body=[*declared, maker], type_ignores=[]))
     made: dict[str, Any] = {}
     # the original's globals, read live as it reads them; the maker lands in `made`
     exec(compile(module, method.__code__.co_filename, "exec"), method.__globals__, made)
