@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred
 
 from benchmarks.bench_snapshot import close_connections, make_connections, make_sites
 from benchmarks.common import Result, interleaved_ratio, print_table
@@ -29,14 +30,42 @@ BUDGET_MS = 5.0
 
 
 class _ScrapeRequest:
-    """The parts of a twisted.web request the /metrics handler touches."""
+    """The parts of a twisted.web request the /metrics handler touches: the body is written
+    through a producer (dashboard/web/bulk_body.py) to a transport that never pushes back."""
+
+    method = b"GET"
+    channel = None
+    transport = None
 
     def __init__(self) -> None:
         self.args: dict[bytes, list[bytes]] = {}
         self.headers: dict[bytes, bytes] = {}
+        self.code = 0
+        self.written: list[bytes] = []
+        self.producer: Any = None
+        self._finished: Deferred[None] = Deferred()
 
     def setHeader(self, name: bytes, value: bytes) -> None:
         self.headers[name] = value
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def notifyFinish(self) -> Deferred[None]:
+        return self._finished
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def body(self) -> bytes:
+        assert self.code == 200, self.code
+        return b"".join(self.written)
 
 
 def parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -67,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         def route() -> float:
             request = _ScrapeRequest()
             start = time.perf_counter()
-            bodies["route"] = handler(request)
-            return time.perf_counter() - start
+            handler(request)
+            elapsed = time.perf_counter() - start
+            bodies["route"] = request.body()
+            return elapsed
 
         def all_sites() -> float:
             start = time.perf_counter()

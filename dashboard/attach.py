@@ -22,7 +22,7 @@ import os
 import runpy
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -57,6 +57,8 @@ options (before the program; everything after it is the program's own):
                    Default: ${TOKEN_ENV} (prefer it: a command line is visible to
                    every user of the machine)
   --metrics-token T  a token for /metrics alone, for scrapers (${METRICS_TOKEN_ENV})
+                   Both variables are removed from the environment before the program
+                   runs: its subprocesses do not inherit them.
   -m module        run a module as ``python -m module`` does (e.g. -m twisted web --path .)
   -h, --help       show this help
 """
@@ -88,6 +90,21 @@ def parse_port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be from 0 to 65535, got {port}")
     return port
+
+
+def take_token_variables(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Remove :data:`TOKEN_ENV` and :data:`METRICS_TOKEN_ENV` from ``environ`` (default
+    ``os.environ``, where removing also unsets them for the C library) and return what they
+    held, for :func:`access_options`. Called before the program runs, so that no subprocess
+    it starts inherits a token (a ``--token`` given on the command line still wins over a
+    variable taken here). Main thread only."""
+    env = os.environ if environ is None else environ
+    taken: dict[str, str] = {}
+    for variable in (TOKEN_ENV, METRICS_TOKEN_ENV):
+        value = env.pop(variable, None)
+        if value is not None:
+            taken[variable] = value
+    return taken
 
 
 def access_options(
@@ -273,8 +290,11 @@ def run(options: RunOptions) -> int:
     """
     if options.script is not None:
         check_script(options.script)
+    # Taken out of the environment before the program runs: its subprocesses must not
+    # inherit a token (only this process's own startup record, /proc/<pid>/environ, keeps it).
+    variables = take_token_variables()
     try:
-        access = access_options(options.token, options.metrics_token)
+        access = access_options(options.token, options.metrics_token, variables)
     except ValueError as exc:
         raise RunUsageError(str(exc)) from None
     claimed = program_package(options.module)

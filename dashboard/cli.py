@@ -6,7 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dashboard.attach import METRICS_TOKEN_ENV, TOKEN_ENV, access_options, parse_port
+from dashboard.attach import (
+    METRICS_TOKEN_ENV,
+    TOKEN_ENV,
+    access_options,
+    parse_port,
+    take_token_variables,
+)
 from dashboard.attach import USAGE as RUN_USAGE
 
 
@@ -61,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.command == "demo":
         try:
-            access = access_options(args.token, args.metrics_token)
+            access = access_options(args.token, args.metrics_token, take_token_variables())
         except ValueError as exc:
             parser.error(str(exc))
         from twisted.internet import reactor

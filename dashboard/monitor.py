@@ -16,6 +16,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import IResource
 
+from dashboard.answer_limits import (
+    DEFAULT_FRESH_MIN_INTERVAL_S,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_SERIES_ANSWERS,
+    DEFAULT_MAX_SNAPSHOT_ANSWERS,
+    DEFAULT_SLOW_CLIENT_TIMEOUT_S,
+    BulkAnswers,
+    FreshSnapshots,
+)
 from dashboard.probes.base import JSONDict, Probe, ProbeErrors
 from dashboard.probes.connections import ConnectionsProbe
 from dashboard.probes.deferreds import DeferredsProbe
@@ -26,7 +35,7 @@ from dashboard.probes.stack_owner import path_list
 from dashboard.probes.timeouts import TimeoutsProbe
 from dashboard.redact import Redactor, param_names
 from dashboard.web.binding import loopback_endpoint
-from dashboard.web.guard import host_names
+from dashboard.web.host_check import host_names
 from dashboard.web.sse import EventHub
 
 if TYPE_CHECKING:
@@ -107,7 +116,15 @@ class Monitor:
 
     Access (see :mod:`dashboard.web.guard`): ``token`` is then required by the page, the API
     and the stream; ``metrics_token`` is also accepted on ``/metrics``; ``allowed_hosts`` adds
-    names to the ``Host`` allow-list (loopback and the address a request arrived on).
+    names to the ``Host`` allow-list (loopback and the address a request arrived on); the
+    page's sign-in cookie lasts ``session_max_age_s`` seconds (a day by default).
+
+    Web answers (see :mod:`dashboard.answer_limits`): ``?fresh=1`` snapshots are taken at
+    most once per ``fresh_min_interval_s`` (callers in between wait for the next one);
+    at most ``max_history_answers`` history answers are written at once (16 series answers,
+    32 snapshot and ``/metrics`` answers), and a client that stops reading one for
+    ``slow_client_timeout_s`` seconds is dropped. ``stop()`` aborts every answer still being
+    written.
 
     A probe whose failures reach ``errors.disable_after`` is switched off (uninstalled, its
     section null) at the next snapshot, and stays off.
@@ -123,8 +140,12 @@ class Monitor:
     top_connections: int = attrs.field(default=100, kw_only=True)
     oldest_deferreds: int = attrs.field(default=20, kw_only=True)
     max_sse_clients: int = attrs.field(default=100, kw_only=True)
+    fresh_min_interval_s: float = attrs.field(default=DEFAULT_FRESH_MIN_INTERVAL_S, kw_only=True)
+    max_history_answers: int = attrs.field(default=DEFAULT_MAX_IN_FLIGHT, kw_only=True)
+    slow_client_timeout_s: float = attrs.field(default=DEFAULT_SLOW_CLIENT_TIMEOUT_S, kw_only=True)
     token: str | None = attrs.field(default=None, kw_only=True, repr=False)
     metrics_token: str | None = attrs.field(default=None, kw_only=True, repr=False)
+    session_max_age_s: int = attrs.field(default=86400, kw_only=True)
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=host_names)
     #: path prefixes (with a ``/``) or module names counted as library code when a block is
     #: named by the program's own line (``loop.blocks[].where``); ``user_paths`` claims code
@@ -146,6 +167,14 @@ class Monitor:
     process: ProcessProbe = attrs.field(init=False)
     #: the event-stream fan-out shared by every mount of this monitor's resource
     events: EventHub = attrs.field(init=False)
+    #: ``?fresh=1`` snapshots for the web, coalesced (``web.fresh`` in the snapshot)
+    fresh: FreshSnapshots = attrs.field(init=False)
+    #: the limits and counters of ``/api/v1/history`` answers (``web.history``)
+    history_answers: BulkAnswers = attrs.field(init=False)
+    #: ... of ``/api/v1/series`` answers (``web.series``)
+    series_answers: BulkAnswers = attrs.field(init=False)
+    #: ... of ``/api/v1/snapshot`` (``?fresh=1`` too) and ``/metrics`` answers (``web.snapshot``)
+    snapshot_answers: BulkAnswers = attrs.field(init=False)
 
     _samples: deque[Sample] = attrs.field(init=False)
     _subscribers: list[Subscriber] = attrs.field(init=False, factory=list)
@@ -162,10 +191,13 @@ class Monitor:
             raise ValueError(f"history must be >= 1 sample, got {self.history!r}")
         if not self.block_threshold_ms > 0:
             raise ValueError(f"block_threshold_ms must be > 0, got {self.block_threshold_ms!r}")
-        from dashboard.web.guard import HostAllowList, check_token
+        from dashboard.web.guard import check_token
+        from dashboard.web.host_check import HostAllowList
+        from dashboard.web.session import check_max_age
 
         check_token(self.token, "token")
         check_token(self.metrics_token, "metrics_token")
+        check_max_age(self.session_max_age_s)
         HostAllowList(self.allowed_hosts)
         clock = self.reactor.seconds
         window_s = self.history * self.interval
@@ -198,6 +230,21 @@ class Monitor:
         if self.max_sse_clients < 1:
             raise ValueError(f"max_sse_clients must be >= 1, got {self.max_sse_clients!r}")
         self.events = EventHub(self, max_clients=self.max_sse_clients)
+        self.fresh = FreshSnapshots(
+            self._encoded_snapshot, self.reactor, min_interval_s=self.fresh_min_interval_s
+        )
+        self.history_answers = BulkAnswers(
+            max_in_flight=self.max_history_answers,
+            slow_client_timeout_s=self.slow_client_timeout_s,
+        )
+        self.series_answers = BulkAnswers(
+            max_in_flight=DEFAULT_MAX_SERIES_ANSWERS,
+            slow_client_timeout_s=self.slow_client_timeout_s,
+        )
+        self.snapshot_answers = BulkAnswers(
+            max_in_flight=DEFAULT_MAX_SNAPSHOT_ANSWERS,
+            slow_client_timeout_s=self.slow_client_timeout_s,
+        )
         # weakly: a probe's hooks may outlive its stop() on the stack, the monitor must not
         events = weakref.ref(self.events)
         connections = weakref.ref(self.connections)
@@ -244,6 +291,7 @@ class Monitor:
             self._running = False
             _active.remove(self)
             raise
+        self.fresh.open()
         self._timer = self.reactor.callLater(self.interval, self._tick)
 
     def stop(self) -> None:
@@ -254,10 +302,18 @@ class Monitor:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        try:
-            self.events.close()
-        except Exception as exc:
-            self.errors.record("web", exc)
+        closes = (
+            self.fresh.close,
+            self.events.close,
+            self.history_answers.close,
+            self.series_answers.close,
+            self.snapshot_answers.close,
+        )
+        for close in closes:  # before the probes go
+            try:
+                close()
+            except Exception as exc:
+                self.errors.record("web", exc)
         for probe in reversed(self.probes):
             try:
                 probe.uninstall()
@@ -291,6 +347,10 @@ class Monitor:
         stored sample is what it would have been without this call."""
         return self._collect(close_interval=False)
 
+    def _encoded_snapshot(self) -> bytes:
+        """``snapshot()`` as JSON bytes, for the web's coalesced ``?fresh=1``."""
+        return json.dumps(self.snapshot(), separators=(",", ":")).encode()
+
     def _collect(self, *, close_interval: bool) -> JSONDict:
         """Every probe's section: ``collect()`` (closing the interval: the sampler's read) or,
         for a probe that has one, ``peek()`` (closing nothing)."""
@@ -316,6 +376,12 @@ class Monitor:
         except Exception as exc:
             self.errors.record("web", exc)
             data["sse"] = None
+        data["web"] = {
+            "fresh": self.fresh.as_json(),
+            "history": self.history_answers.as_json(),
+            "series": self.series_answers.as_json(),
+            "snapshot": self.snapshot_answers.as_json(),
+        }
         data["errors"] = self.errors.as_json()
         return data
 
@@ -392,7 +458,9 @@ class Monitor:
             cast(IResource, app),
             token=self.token,
             metrics_token=self.metrics_token,
+            session_max_age_s=self.session_max_age_s,
             allowed_hosts=self.allowed_hosts,
+            reactor=self.reactor,
         )
         return cast(IResource, guarded)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,9 @@ def test_page_loads_and_live_updates_change_the_numbers(
         foreign = [u for u in watch.requests if not u.startswith(server.origin + PREFIX + "/")]
         assert foreign == [server.origin + PREFIX]  # only the redirected first request
         assert any(u.endswith("/api/v1/events") for u in watch.requests)
+        # The charts were seeded from the light series, never from whole-snapshot history.
+        assert any("/api/v1/series?seconds=" in u for u in watch.requests)
+        assert not any("/api/v1/history" in u for u in watch.requests)
         page.context.close()
 
     browser.run(scenario)
@@ -355,3 +360,73 @@ def test_verdict_names_each_reason(browser: BrowserThread, server: ServerProcess
         }
     ]
     assert old_block == {"level": "ok", "reasons": []}  # 69 s ago: out of the recent window
+
+
+SEEDED = """
+() => {
+  // What the page had before any live snapshot: rows and per-site trend points older than
+  // the page's own initial snapshot came from the series seed.
+  const initial = JSON.parse(document.getElementById('initial-snapshot').textContent);
+  const rows = window.__dashboard.store.rows;
+  const leak = [...window.__dashboard.trends.bySite].find(
+    ([site]) => site.includes('Workload.leak'));
+  const row = [...document.querySelectorAll('#sites-table tbody tr')].find(
+    (tr) => tr.textContent.includes('Workload.leak'));
+  return {
+    initial: initial.time,
+    firstRow: rows.length ? rows[0].t : null,
+    olderRows: rows.filter((r) => r.t < initial.time).length,
+    older: rows.filter((r) => r.t < initial.time).map((r) => [r.seq, r.lagP99, r.open]),
+    leakFirst: leak ? leak[1][0][0] : null,
+    trendText: row ? row.querySelector('.trend .visually-hidden').textContent : null,
+  };
+}
+"""
+
+
+def server_uptime_s(server: ServerProcess) -> float:
+    with urllib.request.urlopen(server.url + "api/v1/snapshot", timeout=5) as response:
+        uptime: float = json.loads(response.read())["process"]["uptime_s"]
+    return uptime
+
+
+def test_charts_and_site_trends_are_seeded_from_the_series(
+    browser: BrowserThread, server: ServerProcess
+) -> None:
+    # The server has run long enough for the seed to reach back before the page opened.
+    for _ in range(100):  # bounded: at most about 20 s
+        if server_uptime_s(server) >= 8:
+            break
+        time.sleep(0.2)
+
+    def scenario(browser: Browser) -> dict[str, Any]:
+        page, watch = open_dashboard(browser, server.url)
+        wait_for(page, "() => window.__dashboardStats.historySamples > 0")
+        wait_for(page, "() => window.__dashboardStats.renders >= 2")
+        seeded: dict[str, Any] = page.evaluate(SEEDED)
+        assert watch.errors == []
+        assert [u for u in watch.requests if "/api/v1/series" in u] == [
+            # the 5-minute window, cut to the server's history (400 samples of 0.25 s)
+            server.url + "api/v1/series?seconds=100&sites_seconds=60"
+        ]
+        page.context.close()
+        return seeded
+
+    seeded = browser.run(scenario)
+    # Charted rows from before the page opened: at 4 samples a second, several seconds' worth,
+    # each with the figures the full history holds for that sample (the first sample's lag
+    # is null there too: nothing was measured yet).
+    assert seeded["olderRows"] >= 20, seeded
+    with urllib.request.urlopen(server.url + "api/v1/history", timeout=10) as response:
+        history = json.loads(response.read())["samples"]
+    expected = {
+        s["seq"]: [s["seq"], s["loop"]["lag_ms"]["p99"], s["connections"]["open"]] for s in history
+    }
+    assert len(seeded["older"]) == seeded["olderRows"]
+    assert [expected.get(seq) for seq, _, _ in seeded["older"]] == seeded["older"], seeded
+    assert sum(1 for _, lag, _ in seeded["older"] if lag is not None) >= 19, seeded
+    assert seeded["firstRow"] <= seeded["initial"] - 5, seeded
+    # The per-site trend column reaches back too: from the series' sites of the last minute.
+    assert seeded["leakFirst"] is not None and seeded["leakFirst"] <= seeded["initial"] - 5
+    found = re.fullmatch(r" in (\d+) s", seeded["trendText"] or "")
+    assert found is not None and int(found[1]) >= 5, seeded

@@ -147,6 +147,10 @@ def test_hostile_strings_are_shown_as_text_and_never_run(browser: BrowserThread)
                 "timeouts": text(page, "#timeouts-table"),
             }
             found[f"detect_bypass={bypass}"] = page.evaluate(DETECT)
+            wait_for(page, "() => window.__dashboardSession !== undefined")
+            found[f"sign_out_bypass={bypass}"] = page.evaluate(
+                "() => [document.getElementById('sign-out').hidden, window.__dashboardSession]"
+            )
             found[f"dialogs_bypass={bypass}"] = list(dialogs)
             found[f"errors_bypass={bypass}"] = [e for e in watch.errors if "favicon" not in e]
             if bypass:
@@ -177,6 +181,8 @@ def test_hostile_strings_are_shown_as_text_and_never_run(browser: BrowserThread)
         assert PROTOCOL_NAME in tables["timeouts"]
         assert found[f"detect_bypass={bypass}"] == {"xss": None, "control": None, "injected": 0}
         assert found[f"dialogs_bypass={bypass}"] == []
+        # No token, nothing to sign out of: the control stays hidden.
+        assert found[f"sign_out_bypass={bypass}"] == [True, {"by": None}]
         assert found[f"errors_bypass={bypass}"] == []
     assert found["control"]["control"] == 1 and found["control"]["injected"] >= 0
 
@@ -209,8 +215,16 @@ def test_with_a_token_the_page_signs_in_once_and_lives_on_its_cookie(
         )
         out["document_cookie"] = page.evaluate("() => document.cookie")
         out["cookies"] = page.context.cookies()
+        # Signed in by cookie: the page offers to sign out (static/js/session.js).
+        wait_for(page, "() => !document.getElementById('sign-out').hidden")
+        out["session"] = page.evaluate("() => window.__dashboardSession")
         out["errors"] = list(watch.errors)
         out["requests"] = list(watch.requests)
+        with page.expect_navigation() as navigation:
+            page.click("#sign-out")
+        after = navigation.value
+        out["after_sign_out"] = (after.status, after.json()["error"]) if after else None
+        out["cookies_after"] = page.context.cookies()
         page.context.close()
         # Another browser (no cookie) gets nothing from the stream or the API.
         other, _ = new_page(browser)
@@ -218,6 +232,12 @@ def test_with_a_token_the_page_signs_in_once_and_lives_on_its_cookie(
         out["other_events"] = events.status
         snapshot = other.request.get(server.url + "api/v1/snapshot")
         out["other_snapshot"] = (snapshot.status, snapshot.json()["error"])
+        # The signed-out cookie, replayed (as any local service that read it could): refused.
+        (old,) = out["cookies"]
+        replay = other.request.get(
+            server.url + "api/v1/snapshot", headers={"Cookie": f"{old['name']}={old['value']}"}
+        )
+        out["replayed"] = (replay.status, replay.json()["error"])
         other.context.close()
         return out
 
@@ -242,3 +262,10 @@ def test_with_a_token_the_page_signs_in_once_and_lives_on_its_cookie(
     assert [u for u in out["requests"] if TOKEN in u] == [server.url + "?token=" + TOKEN]
     assert out["other_events"] == 401
     assert out["other_snapshot"] == (401, "unauthorized")
+    # A session with a lifetime, and a sign-out that ends it.
+    assert cookie["expires"] > 0  # Max-Age: not a browser-session cookie that lives forever
+    assert out["session"] == {"by": "cookie"}
+    assert any(u == server.url + "session" for u in out["requests"])
+    assert out["after_sign_out"] == (401, "unauthorized")
+    assert out["cookies_after"] == []
+    assert out["replayed"] == (401, "unauthorized")

@@ -21,9 +21,16 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from dashboard.attach import METRICS_TOKEN_ENV, TOKEN_ENV, access_options, main
+from dashboard.attach import (
+    METRICS_TOKEN_ENV,
+    TOKEN_ENV,
+    access_options,
+    main,
+    take_token_variables,
+)
 from dashboard.monitor import Monitor
 from dashboard.web.guard import GuardedResource
+from tests.test_own_site import exchange, parse_answers
 from tests.test_run_command import DASHBOARD_LINE, Child, run_command, write_script
 
 TOKEN = "cli-test-token-0123456789abcdef"
@@ -170,6 +177,63 @@ def test_run_with_a_token_from_the_environment(tmp_path: Path, reactor_name: str
     finally:
         child.stop()
     assert TOKEN not in child.text("stderr") + child.text("stdout")
+
+
+ENVIRONMENT_SCRIPT = """
+import os, subprocess, sys
+from twisted.internet import reactor
+print("in-program:", os.environ.get("REACTOR_DASHBOARD_TOKEN"),
+      os.environ.get("REACTOR_DASHBOARD_METRICS_TOKEN"), flush=True)
+# A subprocess started from os.environ, and one from the C library's environment (os.system).
+print("subprocess:", subprocess.run(["env"], capture_output=True, text=True).stdout, flush=True)
+os.system("echo system: $REACTOR_DASHBOARD_TOKEN $REACTOR_DASHBOARD_METRICS_TOKEN $KEEP_ME")
+print("spawned", flush=True)
+reactor.callLater(30, reactor.stop)
+reactor.run()
+"""
+
+
+def test_run_removes_the_token_variables_before_the_program_runs(
+    tmp_path: Path, reactor_name: str
+) -> None:
+    script = write_script(tmp_path, "spawn.py", ENVIRONMENT_SCRIPT)
+    env = {**os.environ, TOKEN_ENV: TOKEN, METRICS_TOKEN_ENV: METRICS_TOKEN, "KEEP_ME": "kept"}
+    child = Child.start(run_command(reactor_name, str(script)), env=env)
+    try:
+        found = child.wait_for(DASHBOARD_LINE, "stderr")
+        child.wait_for(re.compile(r"^spawned$"), "stdout")
+        base = f"http://127.0.0.1:{found[1]}"
+        # The dashboard still took both tokens before they were removed.
+        assert get(base + "/api/v1/snapshot")[0] == 401
+        status, body = get(base + "/api/v1/snapshot", {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and body["seq"] >= 1
+        metrics = urllib.request.Request(
+            base + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+        with urllib.request.urlopen(metrics, timeout=5) as response:
+            assert response.status == 200
+            assert response.headers["Server"] == "reactor-dashboard"
+        # Twisted's own refusal on run's dashboard port: JSON, with the security headers.
+        received, closed = exchange(int(found[1]), b"GET /\r\nHost: 127.0.0.1\r\n\r\n")
+        [refusal] = parse_answers(received)
+        assert closed and refusal.status == 400
+        assert json.loads(refusal.body)["error"] == "bad_request_line"
+        assert refusal.headers["x-frame-options"] == "DENY"
+    finally:
+        child.stop()
+    out = child.text("stdout")
+    assert "in-program: None None\n" in out, child.report()
+    assert "\nKEEP_ME=kept\n" in out  # the subprocess's environment was printed ...
+    assert not re.search(r"^REACTOR_DASHBOARD_(METRICS_)?TOKEN=", out, re.M)  # ... without them
+    assert "system: kept\n" in out
+    assert TOKEN not in out and METRICS_TOKEN not in out
+
+
+def test_token_variables_are_taken_out_of_the_environment() -> None:
+    env = {TOKEN_ENV: TOKEN, METRICS_TOKEN_ENV: "", "OTHER": "1"}
+    assert take_token_variables(env) == {TOKEN_ENV: TOKEN, METRICS_TOKEN_ENV: ""}
+    assert env == {"OTHER": "1"}
+    assert take_token_variables(env) == {}
 
 
 def test_demo_takes_a_token(tmp_path: Path) -> None:

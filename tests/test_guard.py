@@ -29,14 +29,13 @@ from dashboard.web.guard import (
     MAX_URI_BYTES,
     SECURITY_HEADERS,
     GuardedResource,
-    HostAllowList,
     check_token,
     cookie_path,
     exposed_interface,
     generate_token,
-    split_host,
     warn_if_exposed,
 )
+from dashboard.web.host_check import HostAllowList, is_same_origin, split_host
 from dashboard.web.page import PAGE_POLICY
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
@@ -518,3 +517,279 @@ async def test_the_stream_carries_the_headers_and_takes_a_bearer_token(
     assert headers["x-frame-options"] == "DENY"
     code, headers, body = await threads.deferToThread(raw, port, request_head("/api/v1/events"))
     assert code == 401 and json.loads(body)["error"] == "unauthorized"
+
+
+# the second round (issue 17): strict Host, methods, the sign-in's query, the status line -----
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "evil.com/.localhost",
+        "evil.com@x.localhost",
+        "evil.com#.localhost",
+        "evil.com .localhost",
+        "evil.com?.localhost",
+        "evil.com\\.localhost",
+        "evil.com%2F.localhost",
+        "a..localhost",
+        "-a.localhost",
+        "a-.localhost",
+        "a_b.localhost",
+        "x" * 64 + ".localhost",
+        ".".join(["a" * 63] * 4),  # 255 characters
+        "localhost..",
+        "127.1",  # a browser reads it as 127.0.0.1; a Host must say what it means
+        "1.2.3.999",
+        "0x7f.0.0.1",
+        "example.0x7f",
+        "01.2.3.4",
+        "\u212a.localhost",  # the Kelvin sign lowercases to "k"
+        "[fe80::1%25eth0]",
+        "[fe80::1%eth0]",
+        "[::1]:",
+        "[not-an-address]",
+        "localhost:0",
+        "localhost:65536",
+        "localhost:+80",
+        "localhost:80:80",
+        "localhost:\u0668\u0660",  # Arabic-Indic digits
+    ],
+)
+def test_split_host_refuses_what_is_not_a_host_name_or_an_address(header: str) -> None:
+    assert split_host(header) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "host"),
+    [
+        ("a-b.c0.example:65535", "a-b.c0.example"),
+        ("x" * 63 + ".localhost:1", "x" * 63 + ".localhost"),
+        (".".join(["a" * 63] * 3 + ["a" * 61]), ".".join(["a" * 63] * 3 + ["a" * 61])),
+        ("10.1.2.3:8089", "10.1.2.3"),
+        ("[::ffff:127.0.0.1]:80", "::ffff:127.0.0.1"),
+        ("[FD00::5]", "fd00::5"),
+        ("Dash.localhost.", "dash.localhost"),
+        ("1password.example", "1password.example"),
+    ],
+)
+def test_split_host_keeps_host_names_and_addresses(header: str, host: str) -> None:
+    assert split_host(header) == host
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "secure", "same"),
+    [
+        (b"http://127.0.0.1:8089", b"127.0.0.1:8089", False, True),
+        (b"http://localhost", b"localhost:80", False, True),  # the scheme's default port
+        (b"https://dash.example", b"Dash.Example:443", True, True),
+        (b"http://[::1]:8089", b"[0:0::1]:8089", False, True),
+        (b"http://127.0.0.1:8089", b"127.0.0.1:8090", False, False),  # cookies ignore ports
+        (b"http://127.0.0.1:8089", b"127.0.0.1:8089", True, False),  # TLS here, not there
+        (b"https://127.0.0.1:8089", b"127.0.0.1:8089", False, False),
+        (b"http://127.0.0.1", b"127.0.0.1:8089", False, False),
+        (b"http://evil.example:8089", b"127.0.0.1:8089", False, False),
+        (b"null", b"127.0.0.1:8089", False, False),
+        (b"http://127.0.0.1:8089/", b"127.0.0.1:8089", False, False),
+        (b"http://u@127.0.0.1:8089", b"127.0.0.1:8089", False, False),
+        (b"ftp://127.0.0.1:8089", b"127.0.0.1:8089", False, False),
+        (b"http://127.0.0.1:8089", b"evil.com/.localhost", False, False),
+    ],
+)
+def test_is_same_origin(origin: bytes, host: bytes, secure: bool, same: bool) -> None:
+    assert is_same_origin(origin, host, secure=secure) is same
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["evil.com/.localhost", "evil.com@x.localhost", "evil.com#.localhost", "evil.com .localhost"],
+)
+def test_a_malformed_host_gets_400_json_even_on_an_open_dashboard(
+    monitor: Monitor, header: str
+) -> None:
+    resource = guarded(monitor, allowed_hosts=["*"])
+    answer = Client(resource).get(BASE + "/api/v1/snapshot", {"Host": [header]})
+    assert answer.code == 400
+    error = answer.json()
+    assert error["error"] == "bad_host" and repr(header) in error["message"]
+    assert "seq" not in error
+    assert resource.refused == {"bad_host": 1}
+    assert_safety_headers(answer)
+
+
+def test_the_page_token_is_removed_however_the_query_was_separated(monitor: Monitor) -> None:
+    from twisted.web.http import parse_qs
+
+    client = Client(guarded(monitor, token=TOKEN))
+    cases = {
+        f"/?x=1;token={TOKEN}": "./?x=1",
+        f"/?token={TOKEN};x=1": "./?x=1",
+        f"/?a=1&b=2;token={TOKEN};c=3": "./?a=1&b=2&c=3",
+        f"/?a=1;tok%65n={TOKEN}": "./?a=1",
+        f"/?token={TOKEN}": "./",
+        f"/?x=%3B&token={TOKEN}": "./?x=%3B",
+    }
+    for url, location in cases.items():
+        answer = client.get(BASE + url)
+        assert answer.code == 303, url
+        assert answer.header("location") == location, url
+        # Read back as Twisted reads it: no token, so no second sign-in (and no loop).
+        query = location.partition("?")[2].encode()
+        assert b"token" not in parse_qs(query, 1), url
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+def test_the_method_is_checked_before_the_sign_in(monitor: Monitor, method: str) -> None:
+    resource = guarded(monitor, token=TOKEN)
+    answer = Client(resource).get(BASE + f"/?token={TOKEN}", method=method)
+    assert answer.code == 405
+    assert answer.header("set-cookie") is None
+    assert answer.header("allow") == "GET, HEAD"
+    error = answer.json()
+    assert error["error"] == "method_not_allowed" and error["allowed"] == ["GET", "HEAD"]
+    assert resource.refused == {"method_not_allowed": 1}
+
+
+def test_a_form_posted_token_does_not_sign_in(monitor: Monitor) -> None:
+    # Twisted reads a POSTed form into request.args: the method check keeps it out.
+    stub: Any = StubTreq(guarded(monitor, token=TOKEN))
+    d = stub.post(
+        BASE + "/",
+        data={"token": TOKEN},
+        headers={"Content-Type": ["application/x-www-form-urlencoded"]},
+        allow_redirects=False,
+    )
+    stub.flush()
+    response = result_of(d)
+    assert response.code == 405
+    assert response.headers.getRawHeaders("set-cookie") is None
+
+
+def raw_answer(port: int, head: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send ``head`` as is; the status line, the headers (lower-case, last value), the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        data = b""
+        while len(data) < 1 << 16 and (chunk := sock.recv(65536)):
+            data += chunk
+    head_raw, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head_raw.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status_line, headers, body
+
+
+def wire_head(line: str, *headers: str) -> str:
+    return "\r\n".join([line, *headers, "Connection: close", "", ""])
+
+
+AUTH = f"Authorization: Bearer {TOKEN}"
+#: (request head, the status line's code and phrase, the JSON error) for the small things.
+SMALL_THINGS = {
+    # HTTP/1.1 needs a Host.
+    "no_host": (
+        wire_head("GET /api/v1/snapshot HTTP/1.1", AUTH),
+        b"400 Bad Request",
+        "host_missing",
+    ),
+    # A method is case-sensitive: "get" is not GET.
+    "lowercase_method": (
+        wire_head("get /api/v1/snapshot HTTP/1.1", "Host: 127.0.0.1", AUTH),
+        b"405 Method Not Allowed",
+        "method_not_allowed",
+    ),
+    "misdirected": (
+        wire_head("GET /api/v1/snapshot HTTP/1.1", "Host: evil.example"),
+        b"421 Misdirected Request",
+        "host_not_allowed",
+    ),
+    "header_too_large": (
+        wire_head(
+            "GET /api/v1/snapshot HTTP/1.1", "Host: 127.0.0.1", "X-Big: " + "b" * MAX_HEADER_BYTES
+        ),
+        b"431 Request Header Fields Too Large",
+        "header_too_large",
+    ),
+    "served": (
+        wire_head("GET /api/v1/snapshot HTTP/1.1", "Host: 127.0.0.1", AUTH),
+        b"200 OK",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMALL_THINGS))
+@pytest_twisted.ensureDeferred
+async def test_small_things_on_the_wire(served: tuple[Monitor, int], case: str) -> None:
+    """HTTP/1.1 without Host, a lowercase method, the 421 and 431 status lines, and the
+    Server header of every answer: on a real socket, byte for byte."""
+    _, port = served
+    head, status, error = SMALL_THINGS[case]
+    status_line, headers, body = await threads.deferToThread(raw_answer, port, head.encode())
+    assert status_line.startswith(b"HTTP/1.1 " + status), (status_line, body[:200])
+    assert headers["server"] == "reactor-dashboard"
+    assert headers["x-content-type-options"] == "nosniff"
+    if error is None:
+        return
+    data = json.loads(body)
+    assert data["error"] == error and data["status"] == int(status[:3]), data
+    if error == "method_not_allowed":
+        assert headers["allow"] == "GET, HEAD"
+        assert "case-sensitive" in data["message"] and "'get'" in data["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirects_never_leave_the_site(served: tuple[Monitor, int]) -> None:
+    """werkzeug builds its redirect URL from Host (``Host: x//evil.example`` made it
+    ``//evil.example:port/api/v1/snapshot``); the dashboard's Location is built from the path
+    alone and is always a path of this site. The app is tried bare too (no Host check in
+    front), and behind the guard the same Hosts are refused outright."""
+    from urllib.parse import urljoin, urlsplit
+
+    monitor, guarded_port = served
+    reactor = global_reactor()
+    bare: Any = reactor.listenTCP(
+        0, Site(DashboardApp(monitor).app.resource()), interface="127.0.0.1"
+    )
+    port = bare.getHost().port
+    origin = f"http://127.0.0.1:{port}"
+    locations = []
+    try:
+        for target in ["//api//v1/snapshot", "/api//v1/snapshot?a=1", "//static", "//\\x//static"]:
+            for host in ["x//evil.example", "evil.com/.localhost", "a/b\\", "127.0.0.1"]:
+                head = f"GET {target} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
+                status_line, headers, _ = await threads.deferToThread(raw_answer, port, head)
+                location = headers.get("location")
+                if location is None:
+                    assert status_line.split(b" ")[1][:1] != b"3", (target, status_line)
+                    continue
+                locations.append(location)
+                resolved = urlsplit(urljoin(origin + target.partition("?")[0], location))
+                assert (resolved.scheme, resolved.netloc) == ("http", f"127.0.0.1:{port}"), (
+                    target,
+                    host,
+                    location,
+                )
+                assert location.startswith("/") and not location.startswith("//"), location
+                assert "\\" not in location and "evil" not in location, location
+                # Behind the guard, such a Host never reaches the app.
+                if host != "127.0.0.1":
+                    status_line, _, _ = await threads.deferToThread(raw_answer, guarded_port, head)
+                    assert status_line.endswith(b" 400 Bad Request"), (host, status_line)
+    finally:
+        await bare.stopListening()
+    assert "/api/v1/snapshot" in locations and "/static/" in locations
+    assert "/api/v1/snapshot?a=1" in locations  # the query is kept
+    # The ordinary case still lands where it should, behind the guard too.
+    ordinary = (
+        f"GET /api//v1/snapshot?fresh=0 HTTP/1.0\r\nHost: 127.0.0.1:{guarded_port}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    status_line, headers, body = await threads.deferToThread(
+        raw_answer, guarded_port, ordinary.encode()
+    )
+    assert status_line.endswith(b" 308 Permanent Redirect")
+    assert headers["location"] == "/api/v1/snapshot?fresh=0"
+    assert json.loads(body)["location"] == "/api/v1/snapshot?fresh=0"

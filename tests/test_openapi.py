@@ -132,6 +132,31 @@ def test_every_route_of_the_app_is_described_with_get_and_head() -> None:
             assert "content" not in answer
     seconds = document["paths"]["/api/v1/history"]["get"]["parameters"][0]["schema"]
     assert (seconds["minimum"], seconds["maximum"]) == (1, 900)
+    # The light history the page seeds from, and the two bulk answers' 503 with Retry-After.
+    series = document["paths"]["/api/v1/series"]["get"]
+    bounds = {
+        p["name"]: (p["schema"]["minimum"], p["schema"]["maximum"]) for p in series["parameters"]
+    }
+    assert bounds == {"seconds": (1, 900), "sites_seconds": (0, 60)}
+    assert series["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Series"
+    }
+    sample = document["components"]["schemas"]["Series"]["properties"]["samples"]["items"]
+    assert set(sample["required"]) == {
+        "seq",
+        "time",
+        "loop",
+        "connections",
+        "timeouts",
+        "pools",
+        "deferreds",
+    }
+    for path in ("/api/v1/history", "/api/v1/series"):
+        busy = document["paths"][path]["get"]["responses"]["503"]
+        assert set(busy["headers"]) == {"Retry-After"}, path
+        assert busy["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
     assert document["servers"] == [
         {"url": ".", "description": "where this document was fetched from"}
     ]
@@ -190,7 +215,12 @@ async def test_schemathesis_finds_nothing(served: Served) -> None:
         where, code = key.rsplit(" ", 1)
         seen.setdefault(where, []).append(int(code))
     # It really drove every operation, with good and bad input and other methods.
-    for where in ("GET /api/v1/snapshot", "GET /api/v1/history", "HEAD /api/v1/events"):
+    for where in (
+        "GET /api/v1/snapshot",
+        "GET /api/v1/history",
+        "GET /api/v1/series",
+        "HEAD /api/v1/events",
+    ):
         assert 200 in seen[where] and 400 in seen[where], (where, seen[where])
     assert any(
         405 in codes for where, codes in seen.items() if not where.startswith(("GET", "HEAD"))
@@ -208,6 +238,7 @@ async def test_schemathesis_finds_nothing_with_a_token(served_with_token: Served
     )
     statuses = judge(result, served.site)
     assert any(s.startswith("GET /api/v1/history 200") for s in statuses)
+    assert any(s.startswith("GET /api/v1/series 200") for s in statuses)
 
 
 @pytest_twisted.ensureDeferred

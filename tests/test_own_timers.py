@@ -34,13 +34,14 @@ def the_reactor() -> Any:
     return reactor
 
 
-def idle_timers(reactor: Any) -> list[Any]:
-    """Pending ``TimeoutMixin`` idle timers of connections to the dashboard's own port."""
+def idle_timers(reactor: Any, port: Any) -> list[Any]:
+    """Pending ``TimeoutMixin`` idle timers of connections to the dashboard's port ``port``
+    (not those another test's connections to its own dashboard may still hold)."""
     return [
         call
         for call in reactor.getDelayedCalls()
         if getattr(call.func, "__qualname__", "") == "TimeoutMixin.__timedOut"
-        and type(getattr(call.func.__self__, "factory", None)).__module__.startswith("dashboard.")
+        and getattr(call.func.__self__, "factory", None) is port.factory
     ]
 
 
@@ -67,7 +68,7 @@ async def test_the_dashboards_timers_are_its_own() -> None:
         await treq.content(response)
         await deferLater(reactor, 0.05, lambda: None)
         # the keep-alive connection to the dashboard's port now waits with an idle timer
-        assert len(idle_timers(reactor)) == 1
+        assert len(idle_timers(reactor, port)) == 1
 
         def program_work() -> None:
             pass

@@ -24,8 +24,15 @@ from twisted.web.server import Site
 from dashboard.monitor import Monitor, Sample
 from dashboard.testing import global_reactor
 from dashboard.web.app import DashboardApp
+from dashboard.web.guard import GuardedResource
 from dashboard.web.sse import EventHub
 from tests.test_sse import parse_events, snapshot_ids
+
+
+def hub_subscriptions(monitor: Monitor) -> list[object]:
+    """The monitor's subscribers that are event hubs' (the series cache subscribes too, for
+    the monitor's whole life)."""
+    return [s for s in monitor._subscribers if isinstance(getattr(s, "__self__", None), EventHub)]
 
 
 def request_bytes(headers: dict[str, str] | None = None) -> bytes:
@@ -281,7 +288,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_counted() -> None:
         assert cut
         good.close()
         await wait_until(lambda: not hub.streams, "the good stream to leave")
-        assert monitor._subscribers == []
+        assert hub_subscriptions(monitor) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -315,8 +322,109 @@ async def test_1000_streams_opened_and_closed_leave_nothing_behind() -> None:
         assert stats["connected_total"] == 1000
         assert (stats["clients"], stats["paused_clients"], stats["backlog_bytes"]) == (0, 0, 0)
         assert hub.streams == set()
-        assert monitor._subscribers == []
+        assert hub_subscriptions(monitor) == []
         assert hub_timers(hub) == []
         # A stream kept alive holds its request, channel, transport and deques: kilobytes each
         # (850 of them, megabytes). What stays is the probes' own bounded state (~80 KB).
         assert growth < 256 * 1024, f"{growth} bytes kept after {1000 - warm_up * batch} streams"
+
+
+# a stream opened by cookie ends with its session ------------------------------------------
+
+TOKEN = "t0ken-for-loopback-0123456789abcdef"
+
+
+class RawExchange(RawClient):
+    """Sends ``raw`` (one whole request) and keeps every byte that comes back."""
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__()
+        self.request = raw
+
+
+async def exchange(port: int, raw: bytes) -> RawClient:
+    """Send one raw request (with ``Connection: close``) and wait for the whole answer."""
+    client = await connect(port, kind=lambda _: RawExchange(raw))  # type: ignore[arg-type]
+    await wait_until(lambda: client.lost, "the answer")
+    return client
+
+
+async def sign_in(port: int) -> str:
+    """A new session's cookie, as ``name=value``."""
+    answer = await exchange(
+        port,
+        b"GET /?token=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % TOKEN.encode(),
+    )
+    assert answer.head.startswith("HTTP/1.1 303 ")
+    (cookie,) = answer.header("Set-Cookie")
+    return cookie.split(";", 1)[0]
+
+
+@asynccontextmanager
+async def serving_guarded(**guard_options: Any) -> AsyncIterator[tuple[GuardedResource, int]]:
+    reactor = global_reactor()
+    monitor = Monitor(reactor, interval=0.05, history=50)
+    monitor.start()
+    app = DashboardApp(monitor)
+    inner: Any = app.app.resource()
+    guard = GuardedResource(inner, token=TOKEN, **guard_options)
+    site = Site(guard)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        yield guard, port.getHost().port
+    finally:
+        app.events.close()
+        await port.stopListening()
+        monitor.stop()
+
+
+def expiry_timers(guard: GuardedResource) -> list[Any]:
+    expire = getattr(getattr(guard, "open_requests", None), "_expire", None)
+    return [c for c in global_reactor().getDelayedCalls() if c.func == expire]
+
+
+@pytest_twisted.ensureDeferred
+async def test_signing_out_ends_a_stream_open_on_a_copy_of_the_cookie() -> None:
+    async with serving_guarded() as (guard, port):
+        mine, other = await sign_in(port), await sign_in(port)
+        copy = await connect(port, {"Cookie": mine})
+        elsewhere = await connect(port, {"Cookie": other})
+        await wait_until(lambda: bool(snapshot_ids(copy.body)), "the copy's stream")
+        await wait_until(lambda: bool(snapshot_ids(elsewhere.body)), "the other stream")
+        assert copy.head.startswith("HTTP/1.1 200 ")
+        out = await exchange(
+            port,
+            b"POST /session/sign-out HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n" % mine.encode(),
+        )
+        assert out.head.startswith("HTTP/1.1 200 ")
+        assert json.loads(out.body) == {"signed_out": True, "revoked": True}
+        await wait_until(lambda: copy.lost, "the signed-out stream to end", timeout=5.0)
+        # The other session's stream goes on.
+        seen = snapshot_ids(elsewhere.body)[-1]
+        await wait_until(lambda: snapshot_ids(elsewhere.body)[-1] > seen + 2, "more frames")
+        assert not elsewhere.lost
+        elsewhere.close()
+        await wait_until(lambda: guard.open_requests.count == 0, "nothing held")
+        assert expiry_timers(guard) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_open_by_cookie_ends_when_the_session_expires() -> None:
+    async with serving_guarded(session_max_age_s=2) as (guard, port):
+        cookie = await sign_in(port)
+        stream = await connect(port, {"Cookie": cookie})
+        await wait_until(lambda: bool(snapshot_ids(stream.body)), "the stream")
+        assert stream.head.startswith("HTTP/1.1 200 ")
+        opened = time.monotonic()
+        await wait_until(lambda: stream.lost, "the expired stream to end", timeout=6.0)
+        assert time.monotonic() - opened <= 3.5  # at its expiry (2 s at most after sign-in)
+        assert guard.open_requests.expired_total == 1
+        assert guard.open_requests.count == 0
+        assert expiry_timers(guard) == []
+        again = await connect(port, {"Cookie": cookie})
+        await wait_until(lambda: again.body.endswith(b"}"), "the refusal")
+        assert again.head.startswith("HTTP/1.1 401 ")
+        assert "expired" in json.loads(again.body)["message"]
+        again.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from klein import Klein
 from klein.interfaces import IKleinRequest
@@ -17,6 +17,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from dashboard.web import page
+from dashboard.web.bulk_body import stream_body, stream_whole
 from dashboard.web.json_api import (
     BadRequest,
     bool_param,
@@ -29,6 +30,7 @@ from dashboard.web.json_api import (
 from dashboard.web.openapi import openapi_document
 from dashboard.web.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dashboard.web.prometheus import SnapshotCollector, exposition
+from dashboard.web.series import SITES_MAX_S, series_answer, series_cache
 from dashboard.web.sse import EventHub
 
 if TYPE_CHECKING:
@@ -54,11 +56,13 @@ class DashboardApp:
     def prepare(self) -> None:
         """Do now, while the resource is built, what the first requests would otherwise do
         on the reactor thread: compile the templates, read the static files, build the
-        route matcher and the OpenAPI document. Otherwise the dashboard's first page
+        route matcher and the OpenAPI document, and start projecting each new sample for
+        the series (see dashboard/web/series.py). Otherwise the dashboard's first page
         render stalls the loop it watches (and reads as the program's block)."""
         page.page_assets().prepare()
         self.app.url_map.update()
         self.openapi_body()
+        series_cache(self.monitor)
 
     @app.route("/", methods=READ_METHODS)
     def index(self, request: Request) -> bytes:
@@ -80,30 +84,92 @@ class DashboardApp:
         return page.serve_static(request, entry)
 
     @app.route("/api/v1/snapshot", methods=READ_METHODS)
-    def snapshot(self, request: Request) -> bytes:
-        """The newest sample; ``?fresh=1`` collects one now (not stored in the history)."""
+    def snapshot(self, request: Request) -> bytes | Deferred[Any]:
+        """The newest sample; ``?fresh=1`` collects one now (not stored in the history),
+        coalesced: at most one per ``fresh_min_interval_s``, a caller in between waits for
+        the next one (see dashboard.answer_limits.FreshSnapshots). Written as the client
+        reads it, with ``/metrics`` at most 32 at once (503 beyond; see
+        dashboard/web/bulk_body.py)."""
         params = query_params(request, {"fresh": "1 to collect a snapshot now"})
+        monitor = self.monitor
+
+        def write(body: bytes) -> bytes | Deferred[None]:
+            return stream_whole(
+                request,
+                body,
+                answers=monitor.snapshot_answers,
+                clock=monitor.reactor,
+                on_error=lambda exc: monitor.errors.record("web", exc),
+            )
+
         if bool_param(params.get("fresh", "0"), "fresh"):
-            return json_answer(request, self.monitor.snapshot())
-        return json_body(request, self.monitor.latest().encoded)
+            answer = monitor.fresh.get()
+            if isinstance(answer, bytes):
+                return write(answer)
+            return answer.addCallback(write)  # a failed snapshot: internal_error's JSON 500
+        return write(monitor.latest().encoded)
 
     @app.route("/api/v1/history", methods=READ_METHODS)
-    def history(self, request: Request) -> bytes:
-        """The samples of the last ``seconds`` seconds (1 .. history length), oldest first."""
+    def history(self, request: Request) -> bytes | Deferred[None]:
+        """The samples of the last ``seconds`` seconds (1 .. history length), oldest first.
+        Written as the client reads it, from the stored samples' own bytes; at most
+        ``max_history_answers`` at once, 503 beyond (see dashboard/web/bulk_body.py)."""
+
         span = self.monitor.history_seconds
         params = query_params(request, {"seconds": f"1 to {span}"})
         seconds = int_param(params.get("seconds", str(span)), "seconds", 1, span)
-        samples = b",".join(s.encoded for s in self.monitor.samples(seconds=seconds))
-        return json_body(request, b'{"seconds":%d,"samples":[%s]}' % (seconds, samples))
+        pieces = [b'{"seconds":%d,"samples":[' % seconds]
+        for sample in self.monitor.samples(seconds=seconds):
+            if len(pieces) > 1:
+                pieces.append(b",")
+            pieces.append(sample.encoded)
+        pieces.append(b"]}")
+        return stream_body(
+            request,
+            pieces,
+            answers=self.monitor.history_answers,
+            clock=self.monitor.reactor,
+            length=sum(len(piece) for piece in pieces),
+            on_error=lambda exc: self.monitor.errors.record("web", exc),
+        )
+
+    @app.route("/api/v1/series", methods=READ_METHODS)
+    def series(self, request: Request) -> bytes | Deferred[None]:
+        """The chart figures alone of the last ``seconds`` seconds, oldest first, in the
+        snapshot's shape; ``sites_seconds``: the newest also carry ``deferreds.sites``
+        (see dashboard/web/series.py). What the page seeds its charts from. Written as the
+        client reads it, at most 16 at once (503 beyond), as the history is."""
+
+        span = self.monitor.history_seconds
+        params = query_params(
+            request, {"seconds": f"1 to {span}", "sites_seconds": f"0 to {SITES_MAX_S}"}
+        )
+        seconds = int_param(params.get("seconds", str(span)), "seconds", 1, span)
+        sites_seconds = int_param(params.get("sites_seconds", "0"), "sites_seconds", 0, SITES_MAX_S)
+        pieces, length = series_answer(self.monitor, seconds, sites_seconds)
+        return stream_body(
+            request,
+            pieces,
+            answers=series_cache(self.monitor).answers,
+            clock=self.monitor.reactor,
+            length=length,
+            on_error=lambda exc: self.monitor.errors.record("web", exc),
+        )
 
     @app.route("/metrics", methods=READ_METHODS)
-    def metrics(self, request: Request) -> bytes:
-        """Prometheus text exposition of the newest sample (no new snapshot is taken)."""
+    def metrics(self, request: Request) -> bytes | Deferred[None]:
+        """Prometheus text exposition of the newest sample (no new snapshot is taken).
+        Written as the client reads it, counted with the snapshot answers (32 at once)."""
         query_params(request, {})
         body = exposition(SnapshotCollector(self.monitor))
-        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
-        request.setHeader(b"Cache-Control", b"no-store")
-        return body
+        return stream_whole(
+            request,
+            body,
+            answers=self.monitor.snapshot_answers,
+            clock=self.monitor.reactor,
+            content_type=METRICS_CONTENT_TYPE,
+            on_error=lambda exc: self.monitor.errors.record("web", exc),
+        )
 
     @app.route("/api/v1/events", methods=READ_METHODS)
     def events_stream(self, request: Request) -> bytes | Deferred[bytes]:
@@ -156,15 +222,28 @@ class DashboardApp:
     @app.handle_errors(RequestRedirect)
     def redirect(self, request: Request, failure: Failure) -> bytes:
         """werkzeug's canonical-URL redirects, e.g. ``/_reactor`` -> ``/_reactor/`` when the
-        app is mounted with ``putChild`` (the path reaches the app empty)."""
+        app is mounted with ``putChild`` (the path reaches the app empty). Every Location is
+        built from the request's path alone, never from werkzeug's URL (which is built from
+        ``Host``), and is a path on this site: one leading slash, backslashes escaped."""
         exc: Any = failure.value
-        target = urlsplit(exc.new_url)
-        if target.path.encode() == request.path + b"/":
+        path = request.path
+        merged = path
+        while b"//" in merged:  # halves every run of slashes: bounded by the path's length
+            merged = merged.replace(b"//", b"/")
+        if merged == path:
+            # Only the trailing slash was missing: "./<last segment>/", relative.
             return page.slash_redirect(request) or b""
         # Any other (e.g. "/api//v1/snapshot" with its slashes merged): a JSON redirect,
         # keeping the query (werkzeug's new URL drops it).
-        query = target.query or request.uri.partition(b"?")[2].decode("latin-1")
-        location = target.path + (f"?{query}" if query else "")
+        if str(exc.new_url).endswith("/") and not merged.endswith(b"/"):
+            merged += b"/"
+        # "/\evil.com" reads as "//evil.com" to a browser, "http:/evil.com" as another site.
+        safe = "/%:@!$&'()*+,;=-._~"
+        target = "/" + quote(merged.lstrip(b"/"), safe=safe)
+        query = quote(request.uri.partition(b"?")[2], safe=safe + "?")
+        location = target + (f"?{query}" if query else "")
+        if urlsplit(location).netloc or urlsplit(location).scheme:  # never; but never off-site
+            location = "/"
         request.setHeader(b"Location", location.encode())
         return json_answer(
             request,

@@ -1,4 +1,5 @@
-"""The dashboard's front door: size limits, a Host allow-list, tokens and safety headers.
+"""The dashboard's front door: size limits, a strict Host check, methods, tokens and sessions,
+and safety headers.
 
 :class:`GuardedResource` wraps the dashboard's resource (``Monitor.resource()``) and, for
 every request, in this order:
@@ -6,37 +7,60 @@ every request, in this order:
 1. sets the safety headers (:data:`SECURITY_HEADERS`: a Content-Security-Policy with no inline
    script and no other origin, ``frame-ancestors 'none'``, ``nosniff``, ``no-referrer``,
    ``X-Frame-Options: DENY``), so every answer carries them: errors, static files, the stream;
+   and ``Server: reactor-dashboard`` in place of Twisted's name and version;
 2. refuses a request target over :data:`MAX_URI_BYTES` (414) and more than
    :data:`MAX_HEADERS` header lines or one over :data:`MAX_HEADER_BYTES` (431), before
    anything else reads them (Twisted itself answers 400 past 16 KiB of request head);
-3. refuses a ``Host`` header naming anything but loopback, the address the request arrived
-   on, or a name in ``allowed_hosts`` (421): a DNS-rebinding page cannot read the dashboard;
-4. when a token is set, asks for it (401 with ``WWW-Authenticate: Bearer``): the API and the
+3. checks ``Host``: required from HTTP/1.1 on (400 without), syntactically a host name
+   (RFC 1123 labels), an IPv4 address or a bracketed IPv6 address, with an optional port
+   (400 otherwise), and naming loopback, the address the request arrived on, or a name in
+   ``allowed_hosts`` (421 otherwise): a DNS-rebinding page cannot read the dashboard;
+4. checks the method, exactly as spelled (``get`` is not ``GET``): ``GET`` and ``HEAD``, and
+   ``POST`` on the sign-out alone (405 with ``Allow`` otherwise), before any sign-in;
+5. when a token is set, asks for it (401 with ``WWW-Authenticate: Bearer``): the API and the
    stream take ``Authorization: Bearer <token>``; the page takes ``?token=<token>`` once and
-   answers with a redirect that drops it from the URL and sets an HttpOnly, SameSite=Strict
-   cookie scoped to the dashboard's path, which the page's own requests (history, the
-   EventSource) then carry. ``/metrics`` also takes ``metrics_token`` (for scrapers).
-   Comparisons are constant-time (:func:`hmac.compare_digest`).
+   answers with a redirect that drops it from the URL (however the query was separated, ``&``
+   or ``;``) and sets an HttpOnly, SameSite=Strict cookie scoped to the dashboard's path,
+   which the page's own requests (history, the EventSource) then carry. The cookie holds a
+   session (:mod:`dashboard.web.session`): signed with a key of this process, expiring after
+   ``session_max_age_s`` (``Max-Age``), ended by ``POST session/sign-out`` (from the page
+   itself: ``Sec-Fetch-Site`` same-origin, or without it an ``Origin`` that is absent or this
+   very scheme, host and port; 403 otherwise); ``GET session`` tells the page how it is
+   signed in. A long request let in by the cookie (the event stream, a history body) ends
+   with its session: signed out, or expired (:class:`~dashboard.web.session.OpenRequests`).
+   ``/metrics`` also takes ``metrics_token`` (for scrapers). Comparisons are constant-time
+   (:func:`hmac.compare_digest`).
 
 Every refusal is a JSON error body. Everything here runs on the reactor thread.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import re
 import secrets
 import sys
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote_to_bytes
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET
 
 from dashboard.web.binding import _split, is_loopback
+from dashboard.web.host_check import HostAllowList, is_same_origin, split_host
+from dashboard.web.session import (
+    DEFAULT_SESSION_MAX_AGE_S,
+    OpenRequests,
+    Session,
+    Sessions,
+    check_max_age,
+)
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -63,6 +87,8 @@ SECURITY_HEADERS: dict[bytes, bytes] = {
     b"X-Frame-Options": b"DENY",
     b"Cross-Origin-Resource-Policy": b"same-origin",
 }
+#: The ``Server`` header of every answer: the product, never Twisted's version.
+SERVER_NAME = b"reactor-dashboard"
 
 #: Shortest token accepted, characters (``secrets.token_urlsafe(32)`` gives 43).
 MIN_TOKEN_LENGTH = 16
@@ -70,8 +96,14 @@ MIN_TOKEN_LENGTH = 16
 TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 #: The query parameter the page takes the token from.
 TOKEN_PARAMETER = b"token"
-#: Host names that always mean this machine (besides loopback addresses).
-LOCAL_SUFFIX = ".localhost"
+#: The methods every path answers (spelled exactly so).
+READ_METHODS = (b"GET", b"HEAD")
+#: Where the page asks how it is signed in (``GET``), relative to the dashboard.
+SESSION_PATH = [b"session"]
+#: Where the page signs out (``POST``), relative to the dashboard.
+SIGN_OUT_PATH = [b"session", b"sign-out"]
+#: The ``Retry-After`` of a 503 when too many long requests are open by cookie, seconds.
+RETRY_AFTER_S = 5
 
 
 def generate_token() -> str:
@@ -99,65 +131,15 @@ def check_token(token: str | None, what: str = "token") -> bytes | None:
     return token.encode("ascii")
 
 
-def split_host(header: str) -> str | None:
-    """The host part of a ``Host`` header value, lowercased, brackets and trailing dot
-    removed; ``None`` when it is malformed (empty, a bad port, an unbracketed IPv6)."""
-    value = header.strip().lower()
-    if value.startswith("["):
-        host, bracket, rest = value[1:].partition("]")
-        if not bracket or not host:
-            return None
-    else:
-        host, colon, rest = value.partition(":")
-        rest = colon + rest
-        if not host or ":" in rest[1:]:
-            return None
-    if rest and not (rest.startswith(":") and rest[1:].isdigit() and len(rest) <= 6):
-        return None
-    host = host.rstrip(".")
-    return host or None
-
-
-def host_names(names: str | Iterable[str]) -> tuple[str, ...]:
-    """``allowed_hosts`` as a tuple: one name alone is one name, not its characters."""
-    return (names,) if isinstance(names, str) else tuple(names)
-
-
-class HostAllowList:
-    """Which ``Host`` headers are served: loopback names and addresses (``localhost``,
-    ``*.localhost``, 127.0.0.0/8, ::1) on any port, the address the request arrived on, and
-    ``extra`` names (any port; ``"*"`` allows every host, which turns the check off)."""
-
-    def __init__(self, extra: str | Iterable[str] = ()) -> None:
-        names: set[str] = set()
-        for name in host_names(extra):
-            if not isinstance(name, str) or not name.strip():
-                raise ValueError(f"allowed_hosts entries must be host names, got {name!r}")
-            host = name.strip() if name.strip() == "*" else split_host(name)
-            if host is None:
-                raise ValueError(f"not a host name: {name!r}")
-            names.add(host)
-        self.any_host = "*" in names
-        self.names = frozenset(names - {"*"})
-
-    def allows(self, header: bytes | None, arrived_on: str | None) -> bool:
-        """Whether a request with this ``Host`` header (``None``: none sent, as HTTP/1.0
-        allows) that arrived on the local address ``arrived_on`` is served."""
-        if self.any_host or header is None:
-            return True
-        host = split_host(header.decode("latin-1"))
-        if host is None:
-            return False
-        if host in self.names or host.endswith(LOCAL_SUFFIX) or is_loopback(host):
-            return True
-        return arrived_on is not None and host == arrived_on.lower()
-
-
 class GuardedResource(resource.Resource):
     """``inner`` (any resource: the Klein app's, leaf or not) behind the checks of this
     module. ``token``: required everywhere when set; ``metrics_token``: also accepted on
     ``/metrics`` (set alone, it guards ``/metrics`` only); ``allowed_hosts``: extra names for
-    the ``Host`` check. ``refused`` counts refusals by reason. Reactor thread only."""
+    the ``Host`` check; ``session_max_age_s``: how long a page's sign-in lasts (seconds, a day
+    by default); ``clock``: the wall clock sessions expire by (unix seconds); ``reactor``:
+    where the timers ending long requests at their session's expiry run (the global reactor
+    when ``None``). ``refused`` counts refusals by reason; ``open_requests`` holds the long
+    requests let in by cookie. Reactor thread only."""
 
     isLeaf = True
 
@@ -168,6 +150,9 @@ class GuardedResource(resource.Resource):
         token: str | None = None,
         metrics_token: str | None = None,
         allowed_hosts: str | Iterable[str] = (),
+        session_max_age_s: int = DEFAULT_SESSION_MAX_AGE_S,
+        clock: Callable[[], float] = time.time,
+        reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.inner = inner
@@ -175,19 +160,25 @@ class GuardedResource(resource.Resource):
         self._metrics_token = check_token(metrics_token, "metrics_token")
         self.hosts = HostAllowList(allowed_hosts)
         self.refused: Counter[str] = Counter()
-        if self._token is not None:
-            digest = hmac.new(self._token, b"reactor-dashboard cookie v1", hashlib.sha256)
-            # Named after the token, so dashboards on other ports of this host (cookies ignore
-            # ports) keep their own; the value is a digest, never the token itself.
-            self.cookie_name: bytes | None = b"rd_session_" + digest.hexdigest()[:12].encode()
-            self._cookie_value: bytes | None = digest.hexdigest()[12:].encode()
-        else:
-            self.cookie_name = self._cookie_value = None
+        max_age_s = check_max_age(session_max_age_s)
+        self.open_requests = OpenRequests(reactor, clock)
+        #: The page's sessions (a key made now, for this resource alone); None without token.
+        self.sessions = (
+            Sessions(max_age_s, clock, on_end=self.open_requests.end)
+            if self._token is not None
+            else None
+        )
 
     @property
     def protected(self) -> bool:
         """Whether any token is set."""
         return self._token is not None or self._metrics_token is not None
+
+    @property
+    def cookie_name(self) -> bytes | None:
+        """The session cookie's name (``rd_session_<12 hex>``, new in every process), or
+        ``None`` without a token."""
+        return self.sessions.cookie_name if self.sessions is not None else None
 
     # IResource -------------------------------------------------------------------------
 
@@ -197,18 +188,47 @@ class GuardedResource(resource.Resource):
     def render(self, request: Request) -> Any:
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
-        refusal = self._refusal(request)
+        request.setHeader(b"Server", SERVER_NAME)
+        refusal, session = self._refusal(request)
         if refusal is not None:
             return refusal
+        if session is not None and not self.open_requests.has_room():
+            request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER_S)
+            return self._refuse(
+                request,
+                503,
+                "too_many_open_requests",
+                f"{self.open_requests.max_open} requests signed in by cookie are open; retry in"
+                f" {RETRY_AFTER_S} s",
+                retry_after_s=RETRY_AFTER_S,
+            )
         target: Any = self.inner
         if not getattr(target, "isLeaf", False):
             target = resource.getChildForRequest(target, request)
-        return target.render(request)
+        result = target.render(request)
+        if session is not None and result is NOT_DONE_YET:
+            # Still open (a stream, a streamed body): it must end with its session.
+            self.open_requests.hold(session, request)
+        return result
 
     # the checks ------------------------------------------------------------------------
 
-    def _refusal(self, request: Request) -> bytes | None:
-        """The answer refusing ``request``, or ``None`` to serve it."""
+    def _refusal(self, request: Request) -> tuple[bytes | None, Session | None]:
+        """The answer refusing ``request`` (or answering it here: sign-in, session, sign-out),
+        or ``None`` to serve it; and the session it was let in by, when by cookie."""
+        refusal = self._limits_refusal(request)
+        if refusal is None:
+            refusal = self._host_refusal(request)
+        if refusal is None:
+            refusal = self._method_refusal(request)
+        session = None
+        if refusal is None and self.protected:
+            refusal, session = self._access(request)
+        if refusal is None and self._token is None and (request.postpath or []) == SESSION_PATH:
+            refusal = self._session_answer(request, None)  # no sign-in here: the page is open
+        return refusal, session
+
+    def _limits_refusal(self, request: Request) -> bytes | None:
         uri = request.uri or b""
         if len(uri) > MAX_URI_BYTES:
             return self._refuse(
@@ -230,23 +250,58 @@ class GuardedResource(resource.Resource):
             return self._refuse(
                 request, 431, "too_many_headers", f"more than {MAX_HEADERS} header lines"
             )
+        return None
+
+    def _host_refusal(self, request: Request) -> bytes | None:
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1:  # which one would a proxy have checked? Neither is trusted.
             return self._refuse(request, 421, "host_not_allowed", "more than one Host header")
-        if not self.hosts.allows(hosts[0] if hosts else None, _arrival_host(request)):
-            host = hosts[0].decode("latin-1")[:100]
+        if not hosts:
+            if (request.clientproto or b"").upper() in (b"HTTP/1.0", b"HTTP/0.9"):
+                return None  # HTTP/1.0 may leave Host out: nothing to rebind
+            return self._refuse(
+                request, 400, "host_missing", "an HTTP/1.1 request needs a Host header"
+            )
+        text = hosts[0].decode("latin-1")
+        if split_host(text) is None:
+            return self._refuse(
+                request,
+                400,
+                "bad_host",
+                f"Host {text[:100]!r} is not a host name, an IPv4 address or a bracketed IPv6"
+                " address (with an optional :port from 1 to 65535)",
+            )
+        if not self.hosts.allows(hosts[0], _arrival_host(request)):
             return self._refuse(
                 request,
                 421,
                 "host_not_allowed",
-                f"this dashboard does not answer to Host {host!r}; add the name to"
+                f"this dashboard does not answer to Host {text[:100]!r}; add the name to"
                 " allowed_hosts to serve it",
             )
-        if self.protected:
-            return self._access(request)
         return None
 
-    def _access(self, request: Request) -> bytes | None:
+    def _method_refusal(self, request: Request) -> bytes | None:
+        """405 for a method this path does not take, spelled exactly (``get`` is refused)."""
+        method = request.method or b""
+        allowed = (b"POST",) if self._is_sign_out(request) else READ_METHODS
+        if method in allowed:
+            return None
+        names = [name.decode() for name in allowed]
+        request.setHeader(b"Allow", ", ".join(names).encode())
+        shown = method.decode("latin-1")[:20]
+        if method.upper() in allowed:
+            message = f"methods are case-sensitive: {shown!r} is not {shown.upper()!r}"
+        else:
+            message = f"{shown!r} is not allowed here (allowed: {', '.join(names)})"
+        return self._refuse(request, 405, "method_not_allowed", message, allowed=names)
+
+    def _is_sign_out(self, request: Request) -> bool:
+        return self._token is not None and (request.postpath or []) == SIGN_OUT_PATH
+
+    def _access(self, request: Request) -> tuple[bytes | None, Session | None]:
+        """The refusal (or the answer given here), or ``None`` to serve; and the session of
+        the cookie the request was let in by (``None`` when let in otherwise)."""
         postpath = request.postpath or []
         is_page = postpath in ([], [b""])
         accepted: list[bytes] = []
@@ -255,47 +310,125 @@ class GuardedResource(resource.Resource):
         if self._token is not None:
             accepted.append(self._token)
         elif not accepted:
-            return None  # only /metrics is guarded
+            return None, None  # only /metrics is guarded
+        if self._is_sign_out(request):
+            return self._sign_out(request), None
         if is_page and self._token is not None:
             given = (request.args or {}).get(TOKEN_PARAMETER)
             if given is not None:
-                return self._page_login(request, given)
+                return self._page_login(request, given), None
+        session = None
         if _bearer_matches(request.getHeader(b"authorization"), accepted):
-            return None
-        if self.cookie_name is not None and self._cookie_value is not None:
-            cookie = request.getCookie(self.cookie_name)
-            if cookie is not None and hmac.compare_digest(cookie, self._cookie_value):
-                return None
-        request.setHeader(b"WWW-Authenticate", b'Bearer realm="reactor-dashboard"')
-        where = "the page takes ?token=" if is_page else "send Authorization: Bearer <token>"
-        return self._refuse(request, 401, "unauthorized", f"a token is needed: {where}")
+            via = "bearer"
+        elif self.sessions is not None and (session := self.sessions.check(self._cookie(request))):
+            via = "cookie"
+        else:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="reactor-dashboard"')
+            if self.sessions is not None and self.sessions.expired(self._cookie(request)):
+                where = "the session has expired: open the page with ?token= again"
+            elif is_page:
+                where = "a token is needed: the page takes ?token="
+            else:
+                where = "a token is needed: send Authorization: Bearer <token>"
+            return self._refuse(request, 401, "unauthorized", where), None
+        if self.sessions is not None and postpath == SESSION_PATH:
+            return self._session_answer(request, via), None
+        return None, session
+
+    def _cookie(self, request: Request) -> bytes | None:
+        assert self.sessions is not None
+        value: bytes | None = request.getCookie(self.sessions.cookie_name)
+        return value
 
     def _page_login(self, request: Request, given: list[bytes]) -> bytes:
-        """``?token=`` on the page: a redirect to the same URL without it, setting the cookie."""
-        assert self._token is not None and self.cookie_name is not None
-        assert self._cookie_value is not None
+        """``?token=`` on the page: a redirect to the same URL without it, setting the cookie
+        of a new session."""
+        assert self._token is not None and self.sessions is not None
         if len(given) != 1 or not hmac.compare_digest(given[0], self._token):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="reactor-dashboard"')
             return self._refuse(request, 401, "unauthorized", "the token is wrong")
-        request.addCookie(
-            self.cookie_name,
-            self._cookie_value,
-            path=cookie_path(request.prepath or []),
-            httpOnly=True,
-            secure=request.isSecure(),
-            sameSite="strict",
-        )
+        self._set_cookie(request, self.sessions.issue(), self.sessions.max_age_s)
         request.setResponseCode(303)
-        request.setHeader(b"Location", _location_without_token(request))
+        request.setHeader(b"Location", location_without_token(request))
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"signed in\n"
 
-    def _refuse(self, request: Request, status: int, error: str, message: str) -> bytes:
+    def _session_answer(self, request: Request, via: str | None) -> bytes:
+        """``GET session``: how this request was let in (``by``: ``"cookie"``, ``"bearer"``,
+        or ``None`` when no token is needed), for the page's sign-out control."""
+        from dashboard.web.json_api import json_answer
+
+        sessions = self.sessions
+        session = None
+        if sessions is not None and via == "cookie":
+            session = sessions.check(self._cookie(request))
+        return json_answer(
+            request,
+            {
+                "signed_in": via is not None,
+                "by": via,
+                "expires": session.expires if session is not None else None,
+                "max_age_s": sessions.max_age_s if sessions is not None else None,
+                "sign_out": "session/sign-out" if sessions is not None else None,
+            },
+        )
+
+    def _sign_out(self, request: Request) -> bytes:
+        """``POST session/sign-out``: end the cookie's session here (and the long requests
+        open on it) and clear the cookie. From the dashboard's own page only: a browser's
+        ``Sec-Fetch-Site`` must say so, or, without it, ``Origin`` must be absent or this
+        request's own scheme, host and port."""
+        from dashboard.web.json_api import json_answer
+
+        assert self.sessions is not None
+        fetch_site = request.getHeader(b"sec-fetch-site")
+        if fetch_site is not None and fetch_site not in (b"same-origin", b"none"):
+            return self._refuse(
+                request, 403, "cross_site", "sign-out is taken from the dashboard's own page only"
+            )
+        origin = request.getHeader(b"origin")
+        if fetch_site is None and origin is not None:
+            host = request.getHeader(b"host")
+            if host is None or not is_same_origin(origin, host, secure=request.isSecure()):
+                shown = origin.decode("latin-1")[:100]
+                return self._refuse(
+                    request,
+                    403,
+                    "cross_site",
+                    f"sign-out is taken from the dashboard's own page only, not from {shown!r}",
+                )
+        # The name the cookie came under: revoking may renew the key, and with it the name.
+        name = self.sessions.cookie_name
+        revoked = self.sessions.revoke(self._cookie(request))
+        self._set_cookie(request, b"", 0, name=name)
+        return json_answer(request, {"signed_out": True, "revoked": revoked})
+
+    def _set_cookie(
+        self, request: Request, value: bytes, max_age_s: int, *, name: bytes | None = None
+    ) -> None:
+        """Set (or, with ``max_age_s`` 0, clear) the session cookie (under ``name``, by
+        default today's). ``Secure`` when the request came over TLS: on plain-HTTP loopback a
+        Secure cookie would never be sent."""
+        assert self.sessions is not None
+        request.addCookie(
+            name if name is not None else self.sessions.cookie_name,
+            value,
+            path=cookie_path(request.prepath or []),
+            max_age=str(max_age_s),
+            expires="Thu, 01 Jan 1970 00:00:00 GMT" if max_age_s == 0 else None,
+            httpOnly=True,
+            secure=request.isSecure(),
+            sameSite="strict",
+        )
+
+    def _refuse(
+        self, request: Request, status: int, error: str, message: str, **extra: Any
+    ) -> bytes:
         from dashboard.web.json_api import json_error
 
         self.refused[error] += 1
-        return json_error(request, status, error, message)
+        return json_error(request, status, error, message, **extra)
 
 
 def _arrival_host(request: Request) -> str | None:
@@ -330,16 +463,23 @@ def cookie_path(prepath: list[bytes]) -> bytes:
     return ("/" + "/".join(quote(segment, safe="") for segment in prepath) + "/").encode()
 
 
-def _location_without_token(request: Request) -> bytes:
-    """A relative URL of the page itself, with the other query parameters kept as sent."""
-    path = request.path
-    query = request.uri.partition(b"?")[2]
+def query_without_token(query: bytes) -> bytes:
+    """``query`` without any ``token`` parameter, read as Twisted reads it (``&`` and ``;``
+    both separate parameters; names are %- and +-decoded); the others kept as sent, joined
+    by ``&``."""
     kept = [
-        pair
-        for pair in query.split(b"&")
-        if pair and unquote_to_bytes(pair.partition(b"=")[0].replace(b"+", b" ")) != b"token"
+        item
+        for item in re.split(rb"[&;]", query)
+        if item and unquote_to_bytes(item.partition(b"=")[0].replace(b"+", b" ")) != b"token"
     ]
-    tail = b"?" + b"&".join(kept) if kept else b""
+    return b"&".join(kept)
+
+
+def location_without_token(request: Request) -> bytes:
+    """A relative URL of the page itself, with the other query parameters kept."""
+    path = request.path
+    query = query_without_token(request.uri.partition(b"?")[2])
+    tail = b"?" + query if query else b""
     if path.endswith(b"/"):
         return b"./" + tail
     # Mounted without the trailing slash: the page's relative URLs need it.

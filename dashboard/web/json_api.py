@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
+from twisted.web.http import RESPONSES
 from twisted.web.server import Request
 
 JSON_TYPE = b"application/json; charset=utf-8"
@@ -20,9 +22,21 @@ class BadRequest(Exception):
         self.parameter = parameter
 
 
+def reason_phrase(status: int) -> bytes:
+    """The status line's reason phrase for ``status``: Twisted's, else the standard library's
+    (Twisted has none for 421 or 431 and would print "Unknown Status")."""
+    phrase = RESPONSES.get(status)
+    if phrase is not None:
+        return phrase
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown Status"
+
+
 def json_body(request: Request, body: bytes, status: int = 200) -> bytes:
     """Answer with ``body`` (already JSON-encoded), uncached."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, reason_phrase(status))
     request.setHeader(b"Content-Type", JSON_TYPE)
     request.setHeader(b"Cache-Control", b"no-store")
     return body

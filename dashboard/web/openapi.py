@@ -2,18 +2,24 @@
 
 Every operation, its parameters with their exact bounds (``seconds`` goes up to the history
 length, so the document is built per monitor), and every answer it can give: the JSON errors
-of the app (400, 404, 405) and of the guard in front of it (401, 414, 421, 431). Only ``GET``
-and ``HEAD`` exist. Paths are relative to wherever the dashboard is mounted, and so is the
-one server (``.``: the folder this document was fetched from).
+of the app (400, 404, 405, and 503 when too many history, series, snapshot or metrics
+answers are in flight) and of the guard in front of it (401, 414, 421, 431). Only ``GET`` and
+``HEAD`` are described: the guard's own ``session`` and ``POST session/sign-out`` (the page's
+sign-in state, README "Access") are not part of the app and not in this document. Paths
+are relative to wherever the dashboard is mounted, and so is the one server (``.``: the
+folder this document was fetched from).
 
 Fields of the snapshot are described in docs/snapshot.md; here each section is an object
-(``null`` when its probe failed) with its main fields typed.
+(``null`` when its probe failed) with its main fields typed. ``/api/v1/series`` answers the
+same sections cut down to the figures the page charts (dashboard/web/series.py).
 """
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+from dashboard.web.series import SITES_MAX_S
 
 JSONDict = dict[str, Any]
 
@@ -225,6 +231,41 @@ _SNAPSHOT: JSONDict = {
 }
 
 
+# /api/v1/series: each sample's charted figures, in the snapshot's shape (series.py).
+_SERIES_LOOP = _object({"lag_ms": "object", "busy_ratio": "number?"})
+_SERIES_LOOP["properties"]["lag_ms"] = _object(
+    {"p50": "number?", "p99": "number?", "last": "number?"}, nullable=False
+)
+_SERIES_TIMEOUTS = _object({"fired_total": "object"})
+_SERIES_TIMEOUTS["properties"]["fired_total"]["additionalProperties"] = {"type": "integer"}
+_SERIES_DEFERREDS = _object({"pending": "integer", "sites": "array"})
+_SERIES_DEFERREDS["properties"]["sites"]["items"] = _object(
+    {"site": "string", "pending": "integer"}, nullable=False
+)
+_SERIES_DEFERREDS["properties"]["sites"]["description"] = (
+    "only on the samples of the last sites_seconds"
+)
+_SERIES_SAMPLE: JSONDict = {
+    "type": "object",
+    "description": "The figures of one sample that the page charts and judges, nested as in"
+    " the snapshot; a section is null when its probe failed",
+    "required": ["seq", "time", "loop", "connections", "timeouts", "pools", "deferreds"],
+    "properties": {
+        "seq": {"type": "integer", "minimum": 0},
+        "time": {"type": "number", "description": "unix seconds"},
+        "loop": _SERIES_LOOP,
+        "connections": _object({"open": "integer"}),
+        "timeouts": _SERIES_TIMEOUTS,
+        "pools": {
+            "type": "array",
+            "nullable": True,
+            "items": _object({"name": "string", "in_use": "integer?"}, nullable=False),
+        },
+        "deferreds": _SERIES_DEFERREDS,
+    },
+}
+
+
 def _json(schema_ref: str, description: str) -> JSONDict:
     return {
         "description": description,
@@ -275,6 +316,17 @@ def _with_head(path_item: JSONDict, operation_id: str) -> JSONDict:
     return {"get": get, "head": head}
 
 
+def _seconds(history_seconds: int) -> JSONDict:
+    """The ``seconds`` query parameter of the history and the series."""
+    return {
+        "name": "seconds",
+        "in": "query",
+        "required": False,
+        "description": f"how far back (default and most: {history_seconds})",
+        "schema": {"type": "integer", "minimum": 1, "maximum": history_seconds},
+    }
+
+
 def openapi_document(history_seconds: int) -> JSONDict:
     """The document for a dashboard whose history covers ``history_seconds`` (>= 1)."""
     if history_seconds < 1:
@@ -282,8 +334,16 @@ def openapi_document(history_seconds: int) -> JSONDict:
     paths: JSONDict = {
         "/api/v1/snapshot": {
             "get": _operation(
-                "The newest sample; fresh=1 collects one now (not stored in the history)",
-                {"200": _json("#/components/schemas/Snapshot", "the sample")},
+                "The newest sample; fresh=1 collects one now (not stored in the history),"
+                " at most one per fresh_min_interval_s: callers in between wait for it",
+                {
+                    "200": _json("#/components/schemas/Snapshot", "the sample"),
+                    "503": _error(
+                        "too many snapshot and metrics answers in flight; try again after"
+                        " Retry-After seconds",
+                        **{"Retry-After": _TEXT_HEADER},
+                    ),
+                },
                 [
                     {
                         "name": "fresh",
@@ -298,15 +358,37 @@ def openapi_document(history_seconds: int) -> JSONDict:
         "/api/v1/history": {
             "get": _operation(
                 "The samples of the last N seconds, oldest first",
-                {"200": _json("#/components/schemas/History", "the samples")},
+                {
+                    "200": _json("#/components/schemas/History", "the samples"),
+                    "503": _error(
+                        "too many history answers in flight; try again after Retry-After seconds",
+                        **{"Retry-After": _TEXT_HEADER},
+                    ),
+                },
+                [_seconds(history_seconds)],
+            )
+        },
+        "/api/v1/series": {
+            "get": _operation(
+                "The charted figures of the samples of the last N seconds, oldest first:"
+                " the light history the page seeds its charts from",
+                {
+                    "200": _json("#/components/schemas/Series", "the samples' figures"),
+                    "503": _error(
+                        "too many series answers in flight; try again after Retry-After seconds",
+                        **{"Retry-After": _TEXT_HEADER},
+                    ),
+                },
                 [
+                    _seconds(history_seconds),
                     {
-                        "name": "seconds",
+                        "name": "sites_seconds",
                         "in": "query",
                         "required": False,
-                        "description": f"how far back (default and most: {history_seconds})",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": history_seconds},
-                    }
+                        "description": "the samples of the last this many seconds also carry"
+                        " deferreds.sites as {site, pending} (default 0: none)",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": SITES_MAX_S},
+                    },
                 ],
             )
         },
@@ -342,7 +424,12 @@ def openapi_document(history_seconds: int) -> JSONDict:
                     "200": {
                         "description": "the metrics",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "503": _error(
+                        "too many snapshot and metrics answers in flight; try again after"
+                        " Retry-After seconds",
+                        **{"Retry-After": _TEXT_HEADER},
+                    ),
                 },
                 [],
             )
@@ -412,6 +499,15 @@ def openapi_document(history_seconds: int) -> JSONDict:
             "schemas": {
                 "Error": _ERROR,
                 "Snapshot": _SNAPSHOT,
+                "Series": {
+                    "type": "object",
+                    "required": ["seconds", "sites_seconds", "samples"],
+                    "properties": {
+                        "seconds": {"type": "integer"},
+                        "sites_seconds": {"type": "integer"},
+                        "samples": {"type": "array", "items": _SERIES_SAMPLE},
+                    },
+                },
                 "History": {
                     "type": "object",
                     "required": ["seconds", "samples"],

@@ -1,5 +1,6 @@
 // The dashboard page: initial data from the page's JSON, charts seeded from
-// "api/v1/history", then live snapshots over server-sent events from "api/v1/events".
+// "api/v1/series" (the charted figures of each sample, not whole snapshots), then live
+// snapshots over server-sent events from "api/v1/events".
 // Every URL is relative, so the page works wherever the dashboard is mounted.
 
 import { renderBlocks } from "./blocks.js";
@@ -28,7 +29,7 @@ const store = new SeriesStore(MAX_WINDOW_S + 60, MAX_ROWS);
 const trends = new SiteTrends(limits.recent_s);
 let latest = readJSON("initial-snapshot");
 let windowS = config.default_window_s;
-let seededS = 0; // seconds of history asked for so far
+let seededS = 0; // seconds of series asked for so far
 let paused = false;
 let connection = "connecting";
 let renderQueued = false;
@@ -44,7 +45,7 @@ const stats = {
   renderedPid: null, // the monitored process that sent the snapshot shown
   renderMs: null,
   status: connection,
-  historySamples: 0,
+  historySamples: 0, // samples seeded from api/v1/series (the name predates it)
   historyError: null,
   charts: chartStats,
 };
@@ -57,15 +58,12 @@ function take(snapshot) {
   return true;
 }
 
-/** Merge many snapshots (the history seed) through the store, then redraw. */
-function seed(snapshots) {
-  store.seed(snapshots);
-  let newest = latest;
-  for (const snapshot of snapshots) {
-    trends.add(snapshot);
-    if (snapshot.time > newest.time) newest = snapshot;
-  }
-  latest = newest;
+/** Merge many samples (the series seed, or whole snapshots from a test) into the charts'
+ * store and the per-site trends, then redraw. `latest` stays the newest whole snapshot:
+ * a series sample lacks what the tables show, and the stream brings the next one. */
+function seed(samples) {
+  store.seed(samples);
+  for (const sample of samples) trends.add(sample);
   scheduleRender();
 }
 
@@ -174,14 +172,28 @@ function render() {
   stats.renderMs = performance.now() - started;
 }
 
-/** Fetch the samples of the last `seconds` from api/v1/history into the store. Full
- * snapshots are large, so the page asks for the window shown, not all there is. */
-async function loadHistory(seconds) {
+/** Tries of api/v1/series: a 503 (too many answers being written) is tried again after its
+ * Retry-After, at most this many times in all. */
+const SERIES_TRIES = 3;
+
+async function fetchSeries(url) {
+  for (let attempt = 1; ; attempt += 1) {
+    const response = await fetch(url, { cache: "no-store" });
+    if (response.status !== 503 || attempt >= SERIES_TRIES) return response;
+    const waitS = Math.min(30, Number(response.headers.get("Retry-After")) || 5);
+    await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
+  }
+}
+
+/** Fetch the chart series of the last `seconds` from api/v1/series into the store; the
+ * samples of the trend window (limits.recent_s) also carry their per-site pending counts. */
+async function loadSeries(seconds) {
   const span = Math.max(1, Math.min(config.history_seconds, Math.ceil(seconds)));
+  const sitesS = Math.max(0, Math.min(span, Math.floor(limits.recent_s)));
   seededS = Math.max(seededS, seconds);
   try {
-    const response = await fetch(`api/v1/history?seconds=${span}`, { cache: "no-store" });
-    if (!response.ok) throw new Error(`history answered ${response.status}`);
+    const response = await fetchSeries(`api/v1/series?seconds=${span}&sites_seconds=${sitesS}`);
+    if (!response.ok) throw new Error(`series answered ${response.status}`);
     const body = await response.json();
     stats.historySamples += body.samples.length;
     seed(body.samples);
@@ -202,7 +214,7 @@ function setUpControls() {
   for (const radio of document.querySelectorAll('input[name="window"]')) {
     radio.addEventListener("change", () => {
       windowS = Number(radio.value);
-      if (windowS > seededS) loadHistory(windowS); // history beyond what the page has
+      if (windowS > seededS) loadSeries(windowS); // history beyond what the page has
       if (!paused) board.update();
     });
   }
@@ -229,21 +241,21 @@ function start() {
   board.build();
   render();
   showStatus();
-  loadHistory(windowS);
+  loadSeries(windowS);
   const stream = new SnapshotStream("api/v1/events", {
     onSnapshot,
     onStatus: (state) => {
       connection = state;
       showStatus();
     },
-    // A replaced EventSource sends no Last-Event-ID: refill what was missed from history.
-    onGap: () => loadHistory(Date.now() / 1000 - latest.time + 2),
+    // A replaced EventSource sends no Last-Event-ID: refill what was missed from the series.
+    onGap: () => loadSeries(Date.now() / 1000 - latest.time + 2),
   });
   window.__dashboard.stream = stream;
   stream.start();
 }
 
-// Test hook: the same path as the history seed, for data the server cannot produce quickly.
-window.__dashboard = { seed, store };
+// Test hook: the same path as the series seed, for data the server cannot produce quickly.
+window.__dashboard = { seed, store, trends };
 
 start();

@@ -1,11 +1,13 @@
 // The time series the charts and the verdict read: one small row per snapshot, bounded by
-// age and count. Snapshots arrive from the history seed and the live stream, in any order
-// around the seam between the two; rows stay sorted by time and unique.
+// age and count. Samples arrive from the series seed (api/v1/series: each sample's charted
+// figures in the snapshot's own shape) and whole snapshots from the live stream, in any
+// order around the seam between the two; rows stay sorted by time and unique.
 
 /** At most this many pools get their own line in the pools chart (first seen first). */
 export const MAX_CHARTED_POOLS = 8;
 
-/** The figures of one snapshot that are charted or judged over time. */
+/** The figures of one snapshot that are charted or judged over time: all a series sample
+ * carries (dashboard/web/series.py), so both read the same. */
 export function rowFromSnapshot(snapshot) {
   const loop = snapshot.loop || {};
   const lag = loop.lag_ms || {};
@@ -87,7 +89,7 @@ export class SeriesStore {
     return true;
   }
 
-  /** Merge many snapshots (history seed, or test data through the same path). */
+  /** Merge many snapshots or series samples (the seed, or test data through the same path). */
   seed(snapshots) {
     const byTime = new Map();
     for (const row of this.rows) byTime.set(row.t, row);
