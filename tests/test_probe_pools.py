@@ -1053,10 +1053,11 @@ def test_scrapy_download_handler_pool_is_named_by_scrapy_line(real_probe: PoolsP
     lines, first = inspect.getsourcelines(HTTP11DownloadHandler.__init__)
     made = [first + i for i, text in enumerate(lines) if "HTTPConnectionPool(" in text]
     assert len(made) == 1
+    # http and https; not a list comprehension: 3.12+ runs those inline, without a frame
     line = sys._getframe().f_lineno + 1
-    handlers = [HTTP11DownloadHandler(get_crawler()) for _ in range(2)]  # http and https
+    handlers = [HTTP11DownloadHandler(get_crawler()), HTTP11DownloadHandler(get_crawler())]
     here = test_scrapy_download_handler_pool_is_named_by_scrapy_line.__code__
-    maker = f"{here.co_filename}:{line} in {here.co_qualname}.<locals>.<listcomp>"
+    maker = f"{here.co_filename}:{line} in {here.co_qualname}"
     name = (
         f"scrapy/core/downloader/handlers/http11.py:{made[0]} in HTTP11DownloadHandler.__init__"
         f" (from {maker})"
