@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 
 from dashboard import accel
+from dashboard.monitor import Monitor
 from dashboard.probes.base import ProbeErrors
 
 if TYPE_CHECKING:
@@ -22,6 +24,18 @@ def accelerate(request: pytest.FixtureRequest) -> bool:
         # Built by the install on CPython 3.11/3.12 (hatch_build.py); its absence is a failure.
         assert accel.built is not None, "dashboard._accel was not built"
     return wanted
+
+
+@pytest.fixture
+def clocked() -> Iterator[tuple[Monitor, MemoryReactorClock]]:
+    """A started Monitor (1 s interval, 30 samples) on a MemoryReactorClock, stopped after."""
+    clock = MemoryReactorClock()
+    monitor = Monitor(clock, interval=1.0, history=30)
+    monitor.start()
+    try:
+        yield monitor, clock
+    finally:
+        monitor.stop()
 
 
 @pytest.fixture

@@ -280,17 +280,6 @@ def test_a_flood_of_fresh_requests_leaves_the_loop_near_idle(idle_server: BusySe
 # in process, on a Clock: coalescing --------------------------------------------------------
 
 
-@pytest.fixture
-def clocked() -> Iterator[tuple[Monitor, MemoryReactorClock]]:
-    clock = MemoryReactorClock()
-    monitor = Monitor(clock, interval=1.0, history=30)
-    monitor.start()
-    try:
-        yield monitor, clock
-    finally:
-        monitor.stop()
-
-
 def fresh_timers(clock: MemoryReactorClock) -> list[Any]:
     return [c for c in clock.getDelayedCalls() if getattr(c.func, "__name__", "") == "_due"]
 

@@ -7,7 +7,6 @@ Real sockets (slow readers, many clients, open/close cycles) are in test_sse_loo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -94,17 +93,6 @@ class Client:
         self.stub.flush()
         assert reader.ended is not None, "the response did not end"
         return response, bytes(reader.data)
-
-
-@pytest.fixture
-def clocked() -> Iterator[tuple[Monitor, MemoryReactorClock]]:
-    clock = MemoryReactorClock()
-    monitor = Monitor(clock, interval=1.0, history=30)
-    monitor.start()
-    try:
-        yield monitor, clock
-    finally:
-        monitor.stop()
 
 
 def hub_calls(clock: MemoryReactorClock, hub: EventHub) -> list[Any]:

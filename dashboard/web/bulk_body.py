@@ -43,7 +43,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from dashboard.answer_limits import BulkAnswers
-from dashboard.web.json_api import JSON_TYPE, json_error
+from dashboard.web.json_api import JSON_TYPE, json_unavailable
 
 ErrorSink = Callable[[Exception], None]
 
@@ -130,15 +130,13 @@ def stream_body(
     """
     if answers.in_flight >= answers.max_in_flight:
         answers.refused_total += 1
-        request.setHeader(b"Retry-After", b"%d" % answers.retry_after_s)
-        return json_error(
+        return json_unavailable(
             request,
-            503,
             "too_many_answers",
             f"at most {answers.max_in_flight} of these answers are written at once;"
             f" retry in {answers.retry_after_s} s",
+            answers.retry_after_s,
             max_in_flight=answers.max_in_flight,
-            retry_after_s=answers.retry_after_s,
         )
     request.setResponseCode(200)
     request.setHeader(b"Content-Type", content_type)

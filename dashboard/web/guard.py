@@ -54,6 +54,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from dashboard.web.binding import _split, is_loopback
 from dashboard.web.host_check import HostAllowList, is_same_origin, split_host
+from dashboard.web.json_api import json_error, json_unavailable
 from dashboard.web.session import (
     DEFAULT_SESSION_MAX_AGE_S,
     OpenRequests,
@@ -193,14 +194,13 @@ class GuardedResource(resource.Resource):
         if refusal is not None:
             return refusal
         if session is not None and not self.open_requests.has_room():
-            request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER_S)
-            return self._refuse(
+            self.refused["too_many_open_requests"] += 1
+            return json_unavailable(
                 request,
-                503,
                 "too_many_open_requests",
                 f"{self.open_requests.max_open} requests signed in by cookie are open; retry in"
                 f" {RETRY_AFTER_S} s",
-                retry_after_s=RETRY_AFTER_S,
+                RETRY_AFTER_S,
             )
         target: Any = self.inner
         if not getattr(target, "isLeaf", False):
@@ -425,8 +425,6 @@ class GuardedResource(resource.Resource):
     def _refuse(
         self, request: Request, status: int, error: str, message: str, **extra: Any
     ) -> bytes:
-        from dashboard.web.json_api import json_error
-
         self.refused[error] += 1
         return json_error(request, status, error, message, **extra)
 

@@ -53,6 +53,15 @@ def json_error(request: Request, status: int, error: str, message: str, **extra:
     )
 
 
+def json_unavailable(
+    request: Request, error: str, message: str, retry_after_s: int, **extra: Any
+) -> bytes:
+    """503 with ``Retry-After: retry_after_s`` and the JSON error (``retry_after_s`` in it
+    too): the answer of every bounded resource that is full."""
+    request.setHeader(b"Retry-After", b"%d" % retry_after_s)
+    return json_error(request, 503, error, message, **extra, retry_after_s=retry_after_s)
+
+
 def query_params(request: Request, allowed: Mapping[str, str]) -> dict[str, str]:
     """The query parameters as text, one value each; unknown, repeated or undecodable
     ones raise :class:`BadRequest`. ``allowed`` maps each name to its description."""

@@ -29,7 +29,7 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
-from dashboard.web.json_api import BadRequest, json_error, query_params
+from dashboard.web.json_api import BadRequest, json_unavailable, query_params
 
 if TYPE_CHECKING:
     from dashboard.monitor import Monitor, Sample
@@ -272,14 +272,12 @@ class EventHub:
         return list(self.monitor.samples(since_seq=since))
 
     def _unavailable(self, request: Request, error: str, message: str) -> bytes:
-        request.setHeader(b"Retry-After", b"%d" % self.retry_after_s)
-        return json_error(
+        return json_unavailable(
             request,
-            503,
             error,
             f"{message}; retry in {self.retry_after_s} s",
+            self.retry_after_s,
             max_clients=self.max_clients,
-            retry_after_s=self.retry_after_s,
         )
 
     # fan-out -----------------------------------------------------------------------------
