@@ -46,8 +46,9 @@ def test_every_benchmark_runs_at_smoke_size() -> None:
     }
     assert set(rows) == expected, table
     for name, value in rows.items():
-        # A spread can round to 0.000 ms with few clients; every other figure is positive.
-        assert math.isfinite(value) and (value > 0 or (value == 0 and "spread" in name)), (
-            name,
-            value,
-        )
+        # A spread can round to 0.000 ms with few clients, and an "extra" figure is a
+        # difference of two noisy measurements (monitored minus bare CPU): at smoke size it
+        # can fall below 0 (-0.015 seen in CI). Every other figure is positive.
+        assert math.isfinite(value) and (
+            value > 0 or (value == 0 and "spread" in name) or "extra" in name
+        ), (name, value)
