@@ -192,14 +192,15 @@ class FreshSnapshots:
     def _take_now(self) -> bytes:
         """Take one now. A ``take()`` that raises still starts the interval: a failing
         snapshot is tried at most once per ``min_interval_s`` too (callers in between wait
-        for the next try), and the error goes to the caller(s)."""
+        for the next try), and the error goes to the caller(s). It is counted before it is
+        taken, so the snapshot reports itself (as ``served_total`` does its own answer)."""
+        self.taken_total += 1
         started = time.perf_counter()
         try:
             body = self.take()
         finally:
             self.seconds_total += time.perf_counter() - started
             self._taken_at = self.clock.seconds()
-        self.taken_total += 1
         self._newest = body
         return body
 

@@ -319,7 +319,9 @@ def test_callers_within_the_interval_share_the_next_snapshot(
     assert bodies[0] == bodies[1] != first_body  # one snapshot, taken once, for both
     shared = json.loads(bodies[0])
     assert shared["seq"] == 1 and shared["loop"] is not None
-    assert shared["web"]["fresh"]["taken_total"] == 1  # its figures as it was taken
+    assert shared["web"]["fresh"]["taken_total"] == 2  # its figures as it was taken, itself in
+    assert json.loads(first_body)["web"]["fresh"]["served_total"] == 1
+    assert json.loads(first_body)["web"]["fresh"]["taken_total"] == 1
     figures = monitor.fresh.as_json()
     assert (figures["taken_total"], figures["served_total"], figures["waiting"]) == (2, 3, 0)
     assert fresh_timers(clock) == []

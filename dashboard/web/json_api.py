@@ -22,10 +22,21 @@ class BadRequest(Exception):
         self.parameter = parameter
 
 
+#: RFC 9110/6585 phrases where Twisted's are older ("Request-URI Too Long") or missing
+#: (421 and 431: Twisted would print "Unknown Status").
+_CURRENT_PHRASES = {
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    421: b"Misdirected Request",
+    431: b"Request Header Fields Too Large",
+}
+
+
 def reason_phrase(status: int) -> bytes:
-    """The status line's reason phrase for ``status``: Twisted's, else the standard library's
-    (Twisted has none for 421 or 431 and would print "Unknown Status")."""
-    phrase = RESPONSES.get(status)
+    """The status line's reason phrase for ``status``: RFC 9110's where Twisted's differs,
+    else Twisted's, else the standard library's. Every answer of the dashboard (the guard's,
+    the API's, the own port's early refusals) uses this one table."""
+    phrase = _CURRENT_PHRASES.get(status) or RESPONSES.get(status)
     if phrase is not None:
         return phrase
     try:

@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from dashboard.web.guard import SECURITY_HEADERS, SERVER_NAME
+from dashboard.web.json_api import reason_phrase
 
 #: Longest request head Twisted reads (request line and header lines, without line ends),
 #: bytes; also its longest single line.
@@ -40,12 +41,6 @@ MAX_HEAD_BYTES = HTTPChannel.totalHeadersSize
 #: Largest request body read, bytes (chunked: counted decoded).
 MAX_BODY_BYTES = 65536
 
-_REASONS = {
-    400: b"Bad Request",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
 # RFC 9110's field-name: a token.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
@@ -161,7 +156,7 @@ class QuietChannel(HTTPChannel):
         headers.setRawHeaders(b"Cache-Control", [b"no-store"])
         headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         headers.setRawHeaders(b"Connection", [b"close"])
-        self.writeHeaders(b"HTTP/1.1", b"%d" % status, _REASONS[status], headers)
+        self.writeHeaders(b"HTTP/1.1", b"%d" % status, reason_phrase(status), headers)
         transport.write(body)
         self.loseConnection()
 
