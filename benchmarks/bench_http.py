@@ -1,6 +1,8 @@
 """HTTP throughput under wrk on loopback, monitor started vs. not, A/B interleaved.
 
-Run: ``python -m benchmarks.bench_http [--smoke] [--kind klein|web] [--no-watch] [--together]``.
+Run: ``python -m benchmarks.bench_http [--smoke] [--kind klein|web] [--no-watch] [--together]
+[--handlers | --handlers-ab]``. ``--handlers``: the monitor with busy time by handler on;
+``--handlers-ab``: both servers monitored, with it and without: what it alone costs.
 Needs ``wrk``.
 """
 
@@ -24,6 +26,8 @@ from benchmarks.common import Result, interleaved_ratio, print_table
 #: client, a scrape every second), and the core issue's, started without watchers.
 BUDGET = {"klein": 0.99, "web": 0.98}
 UNWATCHED_BUDGET = {"klein": 0.97, "web": 0.98}
+#: Busy time by handler alone (``--handlers-ab``): at most 0.5% of throughput.
+HANDLERS_BUDGET = 0.995
 
 
 def free_port() -> int:
@@ -57,13 +61,28 @@ def check_watcher(watcher: subprocess.Popen[str], seconds: int) -> None:
         raise RuntimeError(f"the SSE client / scraper did not keep up: {counts}")
 
 
+#: ``--handlers``: the monitored server times each handler (``Monitor(handlers=True)``);
+#: ``--handlers-ab``: so does it, and the "bare" server is monitored too, without.
+HANDLERS = {"on": False, "ab": False}
+
+
 def start_server(kind: str, monitored: bool) -> tuple[subprocess.Popen[str], int, int | None]:
     """A fresh hello server on the server core: (process, its port, the dashboard's port)."""
     port = free_port()
     command = [*pinned(1), sys.executable, "-m", "benchmarks.hello_server"]
     command += ["--kind", kind, "--port", str(port)]
+    if HANDLERS["ab"] and not monitored:
+        command.append("--monitor")
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None
+        if server.stdout.readline().split()[:1] != ["ready"]:
+            stop(server)
+            raise RuntimeError("benchmark server (handlers=False) did not start")
+        return server, port, None
     if monitored:
         command.append("--monitor")
+        if HANDLERS["on"] or HANDLERS["ab"]:
+            command.append("--handlers")
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     line = server.stdout.readline().split()
@@ -176,13 +195,27 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         action="store_true",
         help="run bare and monitored servers at once, sharing the server core (see together())",
     )
+    parser.add_argument(
+        "--handlers", action="store_true", help="the monitor with busy time by handler on"
+    )
+    parser.add_argument(
+        "--handlers-ab",
+        action="store_true",
+        help="against a monitored server with handlers=False instead of a bare one",
+    )
     args = parser.parse_args(argv)
+    HANDLERS["ab"] = args.handlers_ab
+    HANDLERS["on"] = args.handlers
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package wrk)")
     pairs = args.pairs or (1 if args.smoke else 9)
     seconds = args.seconds or (1 if args.smoke else 5)
     watched = not args.no_watch
     name = f"{args.kind} hello under wrk" + ("" if watched else " (unwatched)")
+    if args.handlers_ab:
+        name += ", handlers on / off"
+    elif args.handlers:
+        name += ", handlers on"
     if args.together:
         runs = [together(args.kind, seconds, 50, watched, i % 2 == 1) for i in range(pairs)]
         bare = statistics.median(b for b, _ in runs)
@@ -196,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             pairs,
         )
     budget = (BUDGET if watched else UNWATCHED_BUDGET)[args.kind]
+    if args.handlers_ab:
+        budget = HANDLERS_BUDGET
     results = [
         Result(
             name,
@@ -203,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             "x bare req/s",
             f">= {budget:g}",
             ratio >= budget,
-            f"bare {bare:.0f} req/s, monitored {monitored:.0f} req/s (medians of {pairs})",
+            f"{'handlers off' if args.handlers_ab else 'bare'} {bare:.0f} req/s, monitored"
+            f" {monitored:.0f} req/s (medians of {pairs})",
         )
     ]
     print_table(results)

@@ -1,7 +1,8 @@
 """A hello-world server for the HTTP benchmark: Klein or plain twisted.web, monitor on or off.
 
-``python -m benchmarks.hello_server --kind klein|web --port P [--monitor]``; prints ``ready``
-once listening (``ready M`` when monitored: M is the dashboard's own port).
+``python -m benchmarks.hello_server --kind klein|web --port P [--monitor [--handlers]]``;
+prints ``ready`` once listening (``ready M`` when monitored: M is the dashboard's own port).
+``--handlers``: the monitor with busy time by handler (``Monitor(handlers=True)``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kind", choices=["klein", "web"], default="klein")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--monitor", action="store_true")
+    parser.add_argument("--handlers", action="store_true")
     args = parser.parse_args(argv)
     from dashboard.testing import global_reactor
 
@@ -45,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.monitor:
         from dashboard.monitor import Monitor
 
-        monitor = Monitor(reactor, interval=1.0)
+        monitor = Monitor(reactor, interval=1.0, handlers=args.handlers)
         monitor.start()
 
         def listening(port: Any) -> None:

@@ -1,6 +1,7 @@
 /* Optional accelerator for the hot paths of the Deferred probe (dashboard/probes/deferreds.py)
  * and of the loop probe (the poller-wait hook and the watchdog's wait; see "The loop probe's
- * hot path" below) and the connection probe's per-request hooks (bytes in and out).
+ * hot path" below), the connection probe's per-request hooks (bytes in and out) and busy time
+ * by handler (HandlerTimer: each call the reactor makes, timed and counted in C).
  *
  * The Deferred probe's hot path runs for every Deferred: find the frame that created it,
  * count it at that site, keep it in the nursery until it fires. In Python the frame lookup is
@@ -28,7 +29,7 @@
 #include <time.h>
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
-#define ACCEL_ABI 9
+#define ACCEL_ABI 10
 
 static PyObject *s_callbacks, *s_canceller_attr, *s_debug, *s_rd_ref, *s_called, *s_gi_code,
     *s_cr_code;
@@ -1790,6 +1791,801 @@ static PyTypeObject IOHookType = {
 };
 
 /* ---------------------------------------------------------------------------------------
+ * Busy time by handler (dashboard/probes/handlers.py, handler_table.py): the twins of its
+ * Python hot path, which cost an epoll loop iteration 1.30x (budget 1.2x) and a Klein hello
+ * server 3% of its throughput: two reactor-clock reads (a Python frame each), a Python call
+ * and the counters per handler call.
+ *
+ * HandlerEntry: one handler's counters in C fields; it reads and writes like the Python
+ * path's list ([calls, busy_s, interval_max_s, max_s, counts, name, own]), so the table's
+ * reading code serves both. HandlerTimer: times each call and counts it into its entry.
+ * Durations are read with CLOCK_MONOTONIC (or, when a clock is given, by calling it: tests
+ * drive one); a timed call's entry is found by its code object's address (a LoopingCall's:
+ * its function's, tagged) in a bounded table, an I/O event's in the Python table's dicts by
+ * the protocol's (or descriptor's) class; a miss is named by the Python table, which also
+ * says whether the answer may be kept. Accounting errors go to record_error; the handler's
+ * own result or exception is passed through untouched.
+ */
+#define MAX_HANDLER_BUCKETS 32
+#define HANDLER_CACHE_MAX 4096 /* cached codes, as the Python path's _CACHE_MAX */
+
+typedef struct {
+    PyObject_HEAD
+    long long calls;
+    double busy_s, imax_s, max_s;
+    PyObject *name, *own;
+    Py_ssize_t nbuckets;
+    long long counts[MAX_HANDLER_BUCKETS];
+} HandlerEntry;
+
+static PyTypeObject HandlerEntryType;
+
+static PyObject *
+HandlerEntry_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *name, *own;
+    Py_ssize_t nbuckets;
+    static char *kwlist[] = {"name", "own", "buckets", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UOn:HandlerEntry", kwlist, &name, &own,
+                                     &nbuckets)) {
+        return NULL;
+    }
+    if (nbuckets < 1 || nbuckets > MAX_HANDLER_BUCKETS) {
+        PyErr_SetString(PyExc_ValueError, "buckets must be 1..32");
+        return NULL;
+    }
+    HandlerEntry *e = (HandlerEntry *)type->tp_alloc(type, 0);
+    if (e == NULL) {
+        return NULL;
+    }
+    e->name = Py_NewRef(name);
+    e->own = Py_NewRef(own);
+    e->nbuckets = nbuckets;
+    return (PyObject *)e;
+}
+
+static void
+HandlerEntry_dealloc(HandlerEntry *e)
+{
+    Py_CLEAR(e->name);
+    Py_CLEAR(e->own);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static Py_ssize_t
+HandlerEntry_length(PyObject *self)
+{
+    return 7;
+}
+
+static PyObject *
+HandlerEntry_item(HandlerEntry *e, Py_ssize_t i)
+{
+    switch (i) {
+    case 0:
+        return PyLong_FromLongLong(e->calls);
+    case 1:
+        return PyFloat_FromDouble(e->busy_s);
+    case 2:
+        return PyFloat_FromDouble(e->imax_s);
+    case 3:
+        return PyFloat_FromDouble(e->max_s);
+    case 4: {
+        PyObject *counts = PyList_New(e->nbuckets);
+        for (Py_ssize_t k = 0; counts != NULL && k < e->nbuckets; k++) {
+            PyObject *n = PyLong_FromLongLong(e->counts[k]);
+            if (n == NULL) {
+                Py_CLEAR(counts);
+                break;
+            }
+            PyList_SET_ITEM(counts, k, n);
+        }
+        return counts;
+    }
+    case 5:
+        return Py_NewRef(e->name);
+    case 6:
+        return Py_NewRef(e->own);
+    }
+    PyErr_SetString(PyExc_IndexError, "HandlerEntry index out of range");
+    return NULL;
+}
+
+static int
+HandlerEntry_ass_item(HandlerEntry *e, Py_ssize_t i, PyObject *value)
+{
+    if (value == NULL || i < 0 || i > 3) {
+        PyErr_SetString(PyExc_TypeError, "only calls, busy_s and the maxima can be set");
+        return -1;
+    }
+    if (i == 0) {
+        long long n = PyLong_AsLongLong(value);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        e->calls = n;
+        return 0;
+    }
+    double v = PyFloat_AsDouble(value);
+    if (v == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    *(i == 1 ? &e->busy_s : i == 2 ? &e->imax_s : &e->max_s) = v;
+    return 0;
+}
+
+static PySequenceMethods HandlerEntry_as_sequence = {
+    .sq_length = HandlerEntry_length,
+    .sq_item = (ssizeargfunc)HandlerEntry_item,
+    .sq_ass_item = (ssizeobjargproc)HandlerEntry_ass_item,
+};
+
+static PyTypeObject HandlerEntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dashboard._accel.HandlerEntry",
+    .tp_basicsize = sizeof(HandlerEntry),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One handler's counters: [calls, busy_s, interval_max_s, max_s, counts, name, "
+              "own].",
+    .tp_dealloc = (destructor)HandlerEntry_dealloc,
+    .tp_as_sequence = &HandlerEntry_as_sequence,
+    .tp_new = HandlerEntry_new,
+};
+
+typedef struct {
+    uintptr_t key; /* a code object's address, | 1 for a LoopingCall's function */
+    PyObject *code;
+    PyObject *entry;
+} CodeSlot;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *clock; /* NULL: CLOCK_MONOTONIC */
+    PyObject *name_call;
+    PyObject *io_caches; /* tuple of 3 dicts: class -> HandlerEntry */
+    PyObject *name_io;
+    PyObject *record_error;
+    PyObject *looping_call;
+    PyObject *channel_proxy;
+    double bounds[MAX_HANDLER_BUCKETS];
+    Py_ssize_t nbounds;
+    CodeSlot *slots;
+    size_t nslots, used;
+} HandlerTimer;
+
+static PyObject *s_protocol, *s_channel, *s_f, *s_doRead;
+
+static inline double
+mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The clock now: 0, or -1 with an error set (a given clock that failed). */
+static inline int
+handler_now(HandlerTimer *t, double *out)
+{
+    if (t->clock == NULL) {
+        *out = mono_now();
+        return 0;
+    }
+    PyObject *r = PyObject_CallNoArgs(t->clock);
+    if (r == NULL) {
+        return -1;
+    }
+    double v = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (v == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* One call of `d` seconds into `entry`: 0, or -1 with an error set. */
+static int
+handler_count(HandlerTimer *t, PyObject *entry, double d)
+{
+    if (!Py_IS_TYPE(entry, &HandlerEntryType)) {
+        PyErr_Format(PyExc_TypeError, "a handler entry was expected, not %.100s",
+                     Py_TYPE(entry)->tp_name);
+        return -1;
+    }
+    HandlerEntry *e = (HandlerEntry *)entry;
+    e->calls++;
+    e->busy_s += d;
+    if (d > e->imax_s) {
+        e->imax_s = d;
+    }
+    if (t->nbounds > 0 && d > t->bounds[0]) {
+        Py_ssize_t lo = 0, hi = t->nbounds; /* bisect_left(bounds, d); the last is +inf */
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi) / 2;
+            if (t->bounds[mid] < d) {
+                lo = mid + 1;
+            }
+            else {
+                hi = mid;
+            }
+        }
+        if (lo >= e->nbuckets) {
+            lo = e->nbuckets - 1;
+        }
+        e->counts[lo]++;
+    }
+    return 0;
+}
+
+static void
+timer_clear_slots(HandlerTimer *t)
+{
+    if (t->slots == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < t->nslots; i++) {
+        Py_CLEAR(t->slots[i].code);
+        Py_CLEAR(t->slots[i].entry);
+        t->slots[i].key = 0;
+    }
+    t->used = 0;
+}
+
+static inline size_t
+slot_index(HandlerTimer *t, uintptr_t key)
+{
+    return ptr_hash((const void *)key, 0) & (t->nslots - 1);
+}
+
+/* The cached entry of `key` (borrowed), or NULL. */
+static inline PyObject *
+timer_lookup(HandlerTimer *t, uintptr_t key)
+{
+    for (size_t i = slot_index(t, key);; i = (i + 1) & (t->nslots - 1)) {
+        CodeSlot *s = &t->slots[i];
+        if (s->key == key) {
+            return s->entry;
+        }
+        if (s->key == 0) {
+            return NULL;
+        }
+    }
+}
+
+static void
+timer_store(HandlerTimer *t, uintptr_t key, PyObject *code, PyObject *entry)
+{
+    if (t->used >= HANDLER_CACHE_MAX) {
+        timer_clear_slots(t);
+    }
+    size_t i = slot_index(t, key);
+    while (t->slots[i].key != 0 && t->slots[i].key != key) {
+        i = (i + 1) & (t->nslots - 1);
+    }
+    CodeSlot *s = &t->slots[i];
+    if (s->key == 0) {
+        t->used++;
+    }
+    s->key = key;
+    Py_XSETREF(s->code, Py_NewRef(code));
+    Py_XSETREF(s->entry, Py_NewRef(entry));
+}
+
+/* The code object a function or bound method runs (borrowed), or NULL. */
+static inline PyObject *
+code_of(PyObject *func)
+{
+    if (Py_IS_TYPE(func, &PyMethod_Type)) {
+        func = PyMethod_GET_FUNCTION(func);
+    }
+    return PyFunction_Check(func) ? PyFunction_GET_CODE(func) : NULL;
+}
+
+/* The entry of a timed call's `f` (a new reference), or NULL with an error set. */
+static PyObject *
+timer_call_entry(HandlerTimer *t, PyObject *f)
+{
+    PyObject *code;
+    uintptr_t tag = 0;
+    if (t->looping_call != NULL && PyObject_TypeCheck(f, (PyTypeObject *)t->looping_call)) {
+        PyObject *inner = PyObject_GetAttr(f, s_f);
+        if (inner == NULL) {
+            return NULL;
+        }
+        code = code_of(inner);
+        Py_DECREF(inner); /* the LoopingCall holds it; the slot holds the code */
+        tag = 1;
+    }
+    else {
+        code = code_of(f);
+    }
+    uintptr_t key = code == NULL ? 0 : ((uintptr_t)code | tag);
+    if (key != 0) {
+        PyObject *found = timer_lookup(t, key);
+        if (found != NULL) {
+            return Py_NewRef(found);
+        }
+    }
+    PyObject *named = PyObject_CallOneArg(t->name_call, f);
+    if (named == NULL) {
+        return NULL;
+    }
+    if (!PyTuple_Check(named) || PyTuple_GET_SIZE(named) != 2) {
+        Py_DECREF(named);
+        PyErr_SetString(PyExc_TypeError, "name_call must return (entry, cacheable)");
+        return NULL;
+    }
+    PyObject *entry = Py_NewRef(PyTuple_GET_ITEM(named, 0));
+    int cacheable = PyObject_IsTrue(PyTuple_GET_ITEM(named, 1));
+    Py_DECREF(named);
+    if (cacheable < 0) {
+        Py_DECREF(entry);
+        return NULL;
+    }
+    if (cacheable && key != 0 && Py_IS_TYPE(entry, &HandlerEntryType)) {
+        timer_store(t, key, code, entry);
+    }
+    return entry;
+}
+
+/* call(f, args, kwargs): f(*args, **kwargs), timed and counted as f's. */
+static PyObject *
+HandlerTimer_call(HandlerTimer *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "call(f, args, kwargs) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *f = args[0], *a = args[1], *kw = args[2];
+    PyObject *tuple = NULL, *dict = NULL;
+    if (!PyTuple_CheckExact(a)) {
+        tuple = PySequence_Tuple(a);
+        if (tuple == NULL) {
+            return NULL;
+        }
+        a = tuple;
+    }
+    if (kw == Py_None) {
+        kw = NULL;
+    }
+    else if (!PyDict_CheckExact(kw)) {
+        dict = PyDict_New();
+        if (dict == NULL || PyDict_Merge(dict, kw, 1) < 0) {
+            Py_XDECREF(dict);
+            Py_XDECREF(tuple);
+            return NULL;
+        }
+        kw = dict;
+    }
+    double t0 = 0.0, t1;
+    int timed = handler_now(t, &t0) == 0;
+    if (!timed && report_error(t->record_error) < 0) {
+        Py_XDECREF(tuple);
+        Py_XDECREF(dict);
+        return NULL;
+    }
+    PyObject *result = PyObject_Call(f, a, kw);
+    Py_XDECREF(tuple);
+    Py_XDECREF(dict);
+    if (!timed) {
+        return result;
+    }
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (result == NULL) {
+        PyErr_Fetch(&type, &value, &tb);
+    }
+    int rc = handler_now(t, &t1);
+    if (rc == 0) {
+        PyObject *entry = timer_call_entry(t, f);
+        rc = entry == NULL ? -1 : handler_count(t, entry, t1 - t0);
+        Py_XDECREF(entry);
+    }
+    if (rc < 0 && report_error(t->record_error) < 0) {
+        Py_XDECREF(result);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    if (result == NULL) {
+        PyErr_Restore(type, value, tb);
+    }
+    return result;
+}
+
+static PyObject *
+HandlerTimer_clear_cache(HandlerTimer *t, PyObject *Py_UNUSED(ignored))
+{
+    timer_clear_slots(t);
+    Py_RETURN_NONE;
+}
+
+static int
+HandlerTimer_traverse(HandlerTimer *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->clock);
+    Py_VISIT(t->name_call);
+    Py_VISIT(t->io_caches);
+    Py_VISIT(t->name_io);
+    Py_VISIT(t->record_error);
+    Py_VISIT(t->looping_call);
+    Py_VISIT(t->channel_proxy);
+    for (size_t i = 0; t->slots != NULL && i < t->nslots; i++) {
+        Py_VISIT(t->slots[i].code);
+        Py_VISIT(t->slots[i].entry);
+    }
+    return 0;
+}
+
+static int
+HandlerTimer_clear(HandlerTimer *t)
+{
+    Py_CLEAR(t->clock);
+    Py_CLEAR(t->name_call);
+    Py_CLEAR(t->io_caches);
+    Py_CLEAR(t->name_io);
+    Py_CLEAR(t->record_error);
+    Py_CLEAR(t->looping_call);
+    Py_CLEAR(t->channel_proxy);
+    timer_clear_slots(t);
+    return 0;
+}
+
+static void
+HandlerTimer_dealloc(HandlerTimer *t)
+{
+    PyObject_GC_UnTrack(t);
+    HandlerTimer_clear(t);
+    PyMem_Free(t->slots);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static int
+HandlerTimer_init(HandlerTimer *t, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"clock",        "name_call",    "io_caches",     "name_io",
+                             "record_error", "looping_call", "channel_proxy", "bounds", NULL};
+    PyObject *clock, *name_call, *io_caches, *name_io, *record_error, *looping_call,
+        *channel_proxy, *bounds;
+    if (t->name_call != NULL) {
+        PyErr_SetString(PyExc_TypeError, "HandlerTimer is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OOO!OOOOO", kwlist, &clock, &name_call,
+                                     &PyTuple_Type, &io_caches, &name_io, &record_error,
+                                     &looping_call, &channel_proxy, &bounds)) {
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(io_caches) != 3) {
+        PyErr_SetString(PyExc_ValueError, "io_caches: three dicts (read, write, lost)");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < 3; i++) {
+        if (!PyDict_Check(PyTuple_GET_ITEM(io_caches, i))) {
+            PyErr_SetString(PyExc_TypeError, "io_caches: three dicts (read, write, lost)");
+            return -1;
+        }
+    }
+    if (!PyType_Check(looping_call) || !PyType_Check(channel_proxy)) {
+        PyErr_SetString(PyExc_TypeError, "looping_call and channel_proxy must be classes");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(bounds, "bounds must be a sequence");
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_HANDLER_BUCKETS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "at most 32 bounds");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        t->bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (t->bounds[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    t->nbounds = n;
+    t->nslots = 2 * HANDLER_CACHE_MAX; /* a power of two, at most half full */
+    t->slots = PyMem_Calloc(t->nslots, sizeof(CodeSlot));
+    if (t->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->clock = clock == Py_None ? NULL : Py_NewRef(clock);
+    t->name_call = Py_NewRef(name_call);
+    t->io_caches = Py_NewRef(io_caches);
+    t->name_io = Py_NewRef(name_io);
+    t->record_error = Py_NewRef(record_error);
+    t->looping_call = Py_NewRef(looping_call);
+    t->channel_proxy = Py_NewRef(channel_proxy);
+    return 0;
+}
+
+static PyObject *HandlerTimer_io_hook(HandlerTimer *t, PyObject *args, PyObject *kwds);
+
+static PyMethodDef HandlerTimer_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))HandlerTimer_call, METH_FASTCALL,
+     "call(f, args, kwargs): f(*args, **kwargs), timed and counted as f's."},
+    {"clear_cache", (PyCFunction)HandlerTimer_clear_cache, METH_NOARGS,
+     "Forget the cached entries of timed calls."},
+    {"io_hook", (PyCFunction)(void (*)(void))HandlerTimer_io_hook,
+     METH_VARARGS | METH_KEYWORDS,
+     "io_hook(flavour, real, poll_in=0, poll_disconnected=0): a timed twin of real."},
+    {NULL},
+};
+
+static PyTypeObject HandlerTimerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dashboard._accel.HandlerTimer",
+    .tp_basicsize = sizeof(HandlerTimer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Busy time by handler: times the reactor's calls into HandlerEntry counters.",
+    .tp_traverse = (traverseproc)HandlerTimer_traverse,
+    .tp_clear = (inquiry)HandlerTimer_clear,
+    .tp_dealloc = (destructor)HandlerTimer_dealloc,
+    .tp_methods = HandlerTimer_methods,
+    .tp_init = (initproc)HandlerTimer_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* The I/O hook: the handler_io wrapper's twin, one flavour per reactor. */
+enum { FLAVOUR_POLL = 0, FLAVOUR_SELECT = 1, FLAVOUR_ASYNCIO = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    HandlerTimer *timer;
+    PyObject *real;
+    int flavour;
+    long poll_in, poll_disconnected;
+    PyObject *dict;
+} TimedIO;
+
+/* The event's kind (0 read, 1 write, 2 lost) from the dispatch's arguments, or -1. */
+static int
+io_kind(TimedIO *h, PyObject *const *args)
+{
+    PyObject *arg = args[h->flavour == FLAVOUR_POLL ? 2 : 1];
+    if (h->flavour == FLAVOUR_POLL) {
+        long event = PyLong_AsLong(arg);
+        if (event == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        return (event & h->poll_in) ? 0 : ((event & h->poll_disconnected) ? 2 : 1);
+    }
+    if (h->flavour == FLAVOUR_SELECT) {
+        int equal = arg == s_doRead ? 1 : PyObject_RichCompareBool(arg, s_doRead, Py_EQ);
+        return equal < 0 ? -1 : (equal ? 0 : 1);
+    }
+    int read = PyObject_IsTrue(arg);
+    return read < 0 ? -1 : (read ? 0 : 1);
+}
+
+/* After the dispatch: count `d` seconds into the event's entry. 0, or -1 with an error set. */
+static int
+io_account(TimedIO *h, PyObject *const *args, PyObject *protocol, double d)
+{
+    HandlerTimer *t = h->timer;
+    PyObject *selectable = args[0];
+    int kind = io_kind(h, args);
+    if (kind < 0) {
+        return -1;
+    }
+    if (protocol != NULL && kind == 0) {
+        PyObject *now = PyObject_GetAttr(selectable, s_protocol);
+        if (now == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                return -1;
+            }
+            PyErr_Clear();
+            kind = 2;
+        }
+        else {
+            if (now == Py_None) {
+                kind = 2;
+            }
+            Py_DECREF(now);
+        }
+    }
+    PyObject *key = (PyObject *)Py_TYPE(protocol != NULL ? protocol : selectable);
+    PyObject *entry = PyDict_GetItemWithError(PyTuple_GET_ITEM(t->io_caches, kind), key);
+    if (entry != NULL) {
+        return handler_count(t, entry, d);
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *kind_obj = PyLong_FromLong(kind);
+    if (kind_obj == NULL) {
+        return -1;
+    }
+    PyObject *call_args[3] = {selectable, protocol != NULL ? protocol : Py_None, kind_obj};
+    entry = PyObject_Vectorcall(t->name_io, call_args, 3, NULL);
+    Py_DECREF(kind_obj);
+    if (entry == NULL) {
+        return -1;
+    }
+    int rc = handler_count(t, entry, d);
+    Py_DECREF(entry);
+    return rc;
+}
+
+/* The protocol `selectable` carries (a new reference; Twisted Web's channel proxy by its
+ * channel), NULL without an error when none can be read; NULL with an error set only for a
+ * BaseException that is not an Exception. */
+static PyObject *
+io_protocol(TimedIO *h, PyObject *selectable)
+{
+    PyObject *protocol = PyObject_GetAttr(selectable, s_protocol);
+    if (protocol != NULL && (PyObject *)Py_TYPE(protocol) == h->timer->channel_proxy) {
+        Py_SETREF(protocol, PyObject_GetAttr(protocol, s_channel));
+    }
+    if (protocol == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        return NULL;
+    }
+    if (protocol == Py_None) {
+        Py_DECREF(protocol);
+        return NULL;
+    }
+    return protocol;
+}
+
+static PyObject *
+TimedIO_vectorcall(TimedIO *h, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t expected = h->flavour == FLAVOUR_POLL ? 3 : 2;
+    if (nargs != expected || kwnames != NULL) {
+        /* not as the reactor calls it: the reactor's own method reports a wrong call */
+        return PyObject_Vectorcall(h->real, args, nargsf, kwnames);
+    }
+    HandlerTimer *t = h->timer;
+    PyObject *protocol = io_protocol(h, args[0]);
+    if (protocol == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    double t0 = 0.0, t1;
+    int timed = handler_now(t, &t0) == 0;
+    if (!timed && report_error(t->record_error) < 0) {
+        Py_XDECREF(protocol);
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(h->real, args, nargsf, kwnames);
+    if (!timed) {
+        Py_XDECREF(protocol);
+        return result;
+    }
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (result == NULL) {
+        PyErr_Fetch(&type, &value, &tb);
+    }
+    int rc = handler_now(t, &t1);
+    if (rc == 0) {
+        rc = io_account(h, args, protocol, t1 - t0);
+    }
+    Py_XDECREF(protocol);
+    if (rc < 0 && report_error(t->record_error) < 0) {
+        Py_XDECREF(result);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    if (result == NULL) {
+        PyErr_Restore(type, value, tb);
+    }
+    return result;
+}
+
+static PyObject *
+TimedIO_call(TimedIO *h, PyObject *args, PyObject *kwds)
+{
+    return PyVectorcall_Call((PyObject *)h, args, kwds);
+}
+
+static int
+TimedIO_traverse(TimedIO *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->timer);
+    Py_VISIT(h->real);
+    Py_VISIT(h->dict);
+    return 0;
+}
+
+static int
+TimedIO_clear(TimedIO *h)
+{
+    Py_CLEAR(h->timer);
+    Py_CLEAR(h->real);
+    Py_CLEAR(h->dict);
+    return 0;
+}
+
+static void
+TimedIO_dealloc(TimedIO *h)
+{
+    PyObject_GC_UnTrack(h);
+    TimedIO_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyObject *
+TimedIO_get_wrapped(TimedIO *h, void *closure)
+{
+    return Py_NewRef(h->real != NULL ? h->real : Py_None);
+}
+
+static PyGetSetDef TimedIO_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {"__wrapped__", (getter)TimedIO_get_wrapped, NULL, "the dispatch this times", NULL},
+    {NULL},
+};
+
+static PyTypeObject TimedIOType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dashboard._accel.TimedIO",
+    .tp_basicsize = sizeof(TimedIO),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A reactor's I/O dispatch, timed by busy time by handler.",
+    .tp_traverse = (traverseproc)TimedIO_traverse,
+    .tp_clear = (inquiry)TimedIO_clear,
+    .tp_dealloc = (destructor)TimedIO_dealloc,
+    .tp_vectorcall_offset = offsetof(TimedIO, vectorcall),
+    .tp_dictoffset = offsetof(TimedIO, dict),
+    .tp_getset = TimedIO_getset,
+    .tp_call = (ternaryfunc)TimedIO_call,
+};
+
+static PyObject *
+HandlerTimer_io_hook(HandlerTimer *t, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"flavour", "real", "poll_in", "poll_disconnected", NULL};
+    const char *flavour;
+    PyObject *real;
+    long poll_in = 0, poll_disconnected = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sO|$ll:io_hook", kwlist, &flavour, &real,
+                                     &poll_in, &poll_disconnected)) {
+        return NULL;
+    }
+    int which;
+    if (strcmp(flavour, "poll") == 0) {
+        which = FLAVOUR_POLL;
+    }
+    else if (strcmp(flavour, "select") == 0) {
+        which = FLAVOUR_SELECT;
+    }
+    else if (strcmp(flavour, "asyncio") == 0) {
+        which = FLAVOUR_ASYNCIO;
+    }
+    else {
+        PyErr_SetString(PyExc_ValueError, "flavour must be 'poll', 'select' or 'asyncio'");
+        return NULL;
+    }
+    TimedIO *h = PyObject_GC_New(TimedIO, &TimedIOType);
+    if (h == NULL) {
+        return NULL;
+    }
+    h->timer = (HandlerTimer *)Py_NewRef(t);
+    h->real = Py_NewRef(real);
+    h->flavour = which;
+    h->poll_in = poll_in;
+    h->poll_disconnected = poll_disconnected;
+    h->dict = NULL;
+    h->vectorcall = (vectorcallfunc)TimedIO_vectorcall;
+    PyObject_GC_Track(h);
+    return (PyObject *)h;
+}
+
+/* ---------------------------------------------------------------------------------------
  * Module
  */
 static struct PyModuleDef accel_module = {
@@ -1817,12 +2613,18 @@ PyInit__accel(void)
         !(s_one = PyLong_FromLong(1)) ||
         !(s_bytes_in = PyUnicode_InternFromString("bytes_in")) ||
         !(s_bytes_out = PyUnicode_InternFromString("bytes_out")) ||
-        !(s_last_in = PyUnicode_InternFromString("last_in"))) {
+        !(s_last_in = PyUnicode_InternFromString("last_in")) ||
+        !(s_protocol = PyUnicode_InternFromString("protocol")) ||
+        !(s_channel = PyUnicode_InternFromString("_channel")) ||
+        !(s_f = PyUnicode_InternFromString("f")) ||
+        !(s_doRead = PyUnicode_InternFromString("doRead"))) {
         return NULL;
     }
     if (PyType_Ready(&SiteCountsType) < 0 || PyType_Ready(&TrackerType) < 0 ||
         PyType_Ready(&HookType) < 0 || PyType_Ready(&PulseType) < 0 ||
-        PyType_Ready(&TimedWaitType) < 0 || PyType_Ready(&IOHookType) < 0) {
+        PyType_Ready(&TimedWaitType) < 0 || PyType_Ready(&IOHookType) < 0 ||
+        PyType_Ready(&HandlerEntryType) < 0 || PyType_Ready(&HandlerTimerType) < 0 ||
+        PyType_Ready(&TimedIOType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&accel_module);
@@ -1835,7 +2637,9 @@ PyInit__accel(void)
         PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0 ||
         PyModule_AddObjectRef(m, "Pulse", (PyObject *)&PulseType) < 0 ||
         PyModule_AddObjectRef(m, "TimedWait", (PyObject *)&TimedWaitType) < 0 ||
-        PyModule_AddObjectRef(m, "IOHook", (PyObject *)&IOHookType) < 0) {
+        PyModule_AddObjectRef(m, "IOHook", (PyObject *)&IOHookType) < 0 ||
+        PyModule_AddObjectRef(m, "HandlerEntry", (PyObject *)&HandlerEntryType) < 0 ||
+        PyModule_AddObjectRef(m, "HandlerTimer", (PyObject *)&HandlerTimerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -90,3 +90,39 @@ class IOHook:
     ) -> None: ...
     def __get__(self, obj: object, owner: type | None = None) -> Any: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+class HandlerEntry:
+    """One handler's counters; reads and writes like the Python path's list
+    ``[calls, busy_s, interval_max_s, max_s, counts, name, own]``."""
+    def __init__(self, name: str, own: bool, buckets: int) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Any: ...
+    def __setitem__(self, index: int, value: float) -> None: ...
+
+class TimedIO:
+    __wrapped__: Callable[..., Any]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+class HandlerTimer:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] | None,
+        name_call: Callable[[Any], tuple[Any, bool]],
+        io_caches: tuple[dict[type, Any], dict[type, Any], dict[type, Any]],
+        name_io: Callable[[Any, Any, int], Any],
+        record_error: Callable[[BaseException], object],
+        looping_call: type,
+        channel_proxy: type,
+        bounds: tuple[float, ...],
+    ) -> None: ...
+    def call(self, f: Callable[..., Any], args: Any, kwargs: Any, /) -> Any: ...
+    def clear_cache(self) -> None: ...
+    def io_hook(
+        self,
+        flavour: str,
+        real: Callable[..., Any],
+        *,
+        poll_in: int = 0,
+        poll_disconnected: int = 0,
+    ) -> TimedIO: ...

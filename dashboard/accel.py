@@ -16,7 +16,7 @@ import sysconfig
 import types
 
 #: Must equal ``ACCEL_ABI`` in _accel.c: bumped whenever the module's interface changes.
-ABI = 9
+ABI = 10
 #: Set to 0 to run the pure-Python paths even where the accelerator is built.
 ENV = "REACTOR_DASHBOARD_ACCEL"
 #: The CPython versions the build makes the accelerator on (``hatch_build.SUPPORTED_VERSIONS``).
@@ -72,6 +72,20 @@ def absent_reason() -> str | None:
     if _stale_abi is not None:
         return f"a stale build (ABI {_stale_abi}, this code needs {ABI}): reinstall"
     return interpreter_reason() or "not built at install (no compiler or Python headers?)"
+
+
+def hot_path_reason(
+    accelerate: bool | None, accelerated: bool, *, unavailable: str | None = None
+) -> str | None:
+    """Why a probe runs its pure-Python hot path, in one line (a snapshot's
+    ``hot_path_reason``); None when it runs the compiled one. ``accelerate`` is what the probe
+    was asked (see :func:`resolve`); ``unavailable`` the probe's own reason when the extension
+    is in use here but cannot feed this probe."""
+    if accelerated:
+        return None
+    if accelerate is False:
+        return "the pure-Python path was asked for (accelerate=False)"
+    return absent_reason() or unavailable or "not available to this probe"
 
 
 def resolve(accelerate: bool | None, *, available: bool | None = None) -> bool:

@@ -77,8 +77,16 @@ class Attachment:
 
         self.reactor = reactor
         self._own = OwnWork()
+        from dashboard.recorder.store import RecordingError, check_for_recording
+
         self.monitor = Monitor(reactor, **self.access)
-        self.monitor.start()
+        try:
+            if self.access.get("record") is not None:  # damaged: one line, before the program
+                check_for_recording(self.access["record"])
+            self.monitor.start()
+        except RecordingError as exc:
+            self.monitor = None
+            raise RunUsageError(f"--record: {exc}", show_help=False) from None
         self._shield = JanitorShield(reactor, self._own)
         self._shield.install()
         reactor.addSystemEventTrigger("after", "shutdown", self.stop)

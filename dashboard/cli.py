@@ -1,4 +1,5 @@
-"""The ``reactor-dashboard`` command: ``demo`` and ``run``."""
+"""The ``reactor-dashboard`` command: ``demo``, ``run``, and the flight recorder's
+``replay``, ``record`` and ``export`` (see dashboard/recorder/)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"a token for /metrics alone, for scrapers (default: ${METRICS_TOKEN_ENV})",
     )
+    demo.add_argument(
+        "--record", default=None, metavar="PATH", help="record every sample into PATH"
+    )
     # ``run`` parses its own arguments (everything after the program is the program's), see
     # dashboard.attach; it is declared here for ``--help``.
     commands.add_parser(
@@ -54,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
     )
+    from dashboard.recorder.commands import add_commands
+
+    add_commands(commands, port_number)
     return parser
 
 
@@ -73,9 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from twisted.internet import reactor
 
         from dashboard.demo import run_demo
+        from dashboard.recorder.store import RecordingError, check_for_recording
 
-        run_demo(reactor, args.port, args.duration, **access)
+        try:
+            if args.record is not None:  # damaged: one line, before the demo starts
+                check_for_recording(args.record)
+            run_demo(reactor, args.port, args.duration, record=args.record, **access)
+        except RecordingError as exc:
+            print(f"reactor-dashboard demo: --record: {exc}", file=sys.stderr)
+            return 2
         return 0
+    if args.command in ("replay", "record", "export"):
+        from dashboard.recorder.commands import run_command
+
+        return run_command(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -210,10 +210,15 @@ def run_demo(
     *,
     token: str | None = None,
     metrics_token: str | None = None,
+    record: str | None = None,
 ) -> None:
     """Run the demo until Ctrl-C (or ``duration_s``), the dashboard on 127.0.0.1:``port``
-    (behind ``token`` / ``metrics_token`` when given)."""
-    monitor = Monitor(reactor, token=token, metrics_token=metrics_token)
+    (behind ``token`` / ``metrics_token`` when given), every sample recorded into
+    ``record`` when given (a bad file raises ``dashboard.recorder.RecordingError``)."""
+    # The demo shows every panel: busy time by handler on (off by default elsewhere).
+    monitor = Monitor(
+        reactor, token=token, metrics_token=metrics_token, record=record, handlers=True
+    )
     monitor.start()
     service = DemoService(reactor, monitor)
 

@@ -120,6 +120,45 @@ FIGURES: tuple[Figure, ...] = (
         "How long a busy span must last to count as a block.",
         "seconds",
     ),
+    Figure(
+        "twisted.reactor.stuck",
+        _G,
+        "How long the reactor has been stuck in the busy span still running, once past the"
+        " block threshold (answered by the stuck server's thread); 0 while the loop runs.",
+        "seconds",
+    ),
+    Figure(
+        "twisted.reactor.handler.busy",
+        _C,
+        "Time the reactor spent in each handler (what it calls: a delayed call's function, a"
+        " protocol's dataReceived...), since the monitor started; the handlers busiest in the"
+        " last window (loop.handlers_window_s), the dashboard's own apart.",
+        "seconds",
+        ("handler",),
+    ),
+    Figure(
+        "twisted.reactor.handler.calls",
+        _C,
+        "Calls of each handler since the monitor started (the same handlers as"
+        " twisted_reactor_handler_busy_seconds_total).",
+        "",
+        ("handler",),
+    ),
+    Figure(
+        "twisted.monitor.handler.busy",
+        _C,
+        "Time the reactor spent in the dashboard's own handlers (its sampler, its own port's"
+        " HTTP channel), among the busiest; not in twisted_reactor_handler_busy_seconds_total.",
+        "seconds",
+        ("handler",),
+    ),
+    Figure(
+        "twisted.monitor.handler.calls",
+        _C,
+        "Calls of the dashboard's own handlers (as twisted_monitor_handler_busy_seconds_total).",
+        "",
+        ("handler",),
+    ),
     # deferreds
     Figure("twisted.deferreds.pending", _G, "Deferreds created and not yet fired nor collected."),
     Figure("twisted.deferreds.created", _C, "Deferreds created."),
@@ -268,6 +307,10 @@ def _label(value: Any) -> str:
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 3] + "..."
 
 
+#: A label value as every family cuts it (at ``MAX_LABEL_CHARS``).
+label_text = _label
+
+
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     """``data[name]`` when it is a mapping, else an empty one (missing, or its probe failed)."""
     section = data.get(name)
@@ -310,6 +353,29 @@ def _loop(out: FigureValues, loop: Mapping[str, Any]) -> None:
     threshold_ms = loop.get("threshold_ms")
     if isinstance(threshold_ms, int | float):
         _put(out, "twisted.reactor.block_threshold", threshold_ms / 1000.0)
+    stuck = loop.get("stuck")
+    _put(out, "twisted.reactor.stuck", stuck.get("for_s") if isinstance(stuck, Mapping) else 0)
+    _handlers(out, loop)
+
+
+def _handlers(out: FigureValues, loop: Mapping[str, Any]) -> None:
+    """The listed handlers' totals (the top N of the window, at most ``loop.handlers``'s
+    length): the program's under ``twisted.reactor.handler.*``, the dashboard's own under
+    ``twisted.monitor.handler.*``. A label cut to the same text as an earlier one is skipped."""
+    rows = loop.get("handlers")
+    if not isinstance(rows, list):
+        return
+    seen: set[str] = set()
+    for row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        label = _label(row.get("handler"))
+        if label in seen:
+            continue
+        seen.add(label)
+        family = "twisted.monitor.handler" if row.get("own") is True else "twisted.reactor.handler"
+        _put(out, f"{family}.busy", row.get("busy_s_total"), (label,))
+        _put(out, f"{family}.calls", row.get("calls_total"), (label,))
 
 
 def _deferreds(out: FigureValues, section: Mapping[str, Any], top_sites: int) -> None:

@@ -31,14 +31,19 @@ from dashboard.probes.deferreds import DeferredsProbe
 from dashboard.probes.loop import LoopProbe
 from dashboard.probes.pools import PoolsProbe, TrackablePool
 from dashboard.probes.process import ProcessProbe
+from dashboard.probes.profiler import Profiler
 from dashboard.probes.stack_owner import path_list
 from dashboard.probes.timeouts import TimeoutsProbe
 from dashboard.redact import Redactor, param_names
 from dashboard.web.binding import loopback_endpoint
 from dashboard.web.host_check import host_names
 from dashboard.web.sse import EventHub
+from dashboard.web.stuck_server import StuckServer
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from dashboard.recorder.writer import RecordingWriter
     from dashboard.web.prometheus import SnapshotCollector
 
 DEFAULT_ENDPOINT = "tcp:8089:interface=127.0.0.1"
@@ -102,6 +107,10 @@ def _serving_deferreds(events: EventHub | None, connections: ConnectionsProbe | 
     return found
 
 
+def _no_thread_calls(*_args: Any, **_kwargs: Any) -> None:
+    """``callFromThread`` of a reactor that has none (a Clock): nothing can run from a thread."""
+
+
 class MonitorAlreadyRunning(RuntimeError):
     """Raised by ``start()`` when another Monitor in this process is already started."""
 
@@ -125,6 +134,14 @@ class Monitor:
     32 snapshot and ``/metrics`` answers), and a client that stops reading one for
     ``slow_client_timeout_s`` seconds is dropped. ``stop()`` aborts every answer still being
     written.
+
+    Recording (see :mod:`dashboard.recorder`): with ``record`` (a file path) every sample is
+    also written to that SQLite file by a thread of its own, kept ``record_hours`` hours and
+    at most about ``record_max_mb`` MB; ``start()`` raises
+    ``dashboard.recorder.RecordingError`` for a file it cannot record into (and undoes
+    everything on any failure); a file damaged inside stops the recording with one warning
+    (the writer thread reads it). ``stop()`` writes what is queued and joins the thread, 5 s
+    at most. ``reactor-dashboard replay`` serves the file.
 
     A probe whose failures reach ``errors.disable_after`` is switched off (uninstalled, its
     section null) at the next snapshot, and stays off.
@@ -155,6 +172,17 @@ class Monitor:
     #: query parameter names whose values are hidden, added to the defaults (token,
     #: password, secret, key, signature, session, code...; see dashboard.redact)
     redact_params: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=param_names)
+    #: busy time by handler (``loop.handlers``): each call the reactor makes is timed; the
+    #: top ``top_handlers`` over the last ``handlers_window_s`` seconds are listed. Off by
+    #: default: its cost per I/O event is over budget, compiled too (benchmarks/README.md)
+    handlers: bool = attrs.field(default=False, kw_only=True)
+    top_handlers: int = attrs.field(default=20, kw_only=True)
+    handlers_window_s: float = attrs.field(default=10.0, kw_only=True)
+    #: a file to record every sample into (see dashboard/recorder/), kept ``record_hours``
+    #: hours and at most about ``record_max_mb`` megabytes
+    record: str | None = attrs.field(default=None, kw_only=True)
+    record_hours: float = attrs.field(default=24.0, kw_only=True)
+    record_max_mb: float = attrs.field(default=512.0, kw_only=True)
 
     errors: ProbeErrors = attrs.field(factory=ProbeErrors, init=False)
     #: hides credentials in every URL shown (``redact_params`` included)
@@ -165,6 +193,8 @@ class Monitor:
     loop: LoopProbe = attrs.field(init=False)
     timeouts: TimeoutsProbe = attrs.field(init=False)
     process: ProcessProbe = attrs.field(init=False)
+    #: profiles of the reactor thread on demand (``GET /api/v1/profile``), one at a time
+    profiler: Profiler = attrs.field(init=False)
     #: the event-stream fan-out shared by every mount of this monitor's resource
     events: EventHub = attrs.field(init=False)
     #: ``?fresh=1`` snapshots for the web, coalesced (``web.fresh`` in the snapshot)
@@ -175,6 +205,9 @@ class Monitor:
     series_answers: BulkAnswers = attrs.field(init=False)
     #: ... of ``/api/v1/snapshot`` (``?fresh=1`` too) and ``/metrics`` answers (``web.snapshot``)
     snapshot_answers: BulkAnswers = attrs.field(init=False)
+    #: answers ``/api/v1/snapshot`` and ``/metrics`` on the ports of ``listen()`` while the
+    #: loop is stuck past the block threshold (``web.stuck``; see dashboard.web.stuck_server)
+    stuck: StuckServer = attrs.field(init=False)
 
     _samples: deque[Sample] = attrs.field(init=False)
     _subscribers: list[Subscriber] = attrs.field(init=False, factory=list)
@@ -183,6 +216,8 @@ class Monitor:
     _running: bool = attrs.field(init=False, default=False)
     _started_at: float = attrs.field(init=False, default=0.0)
     _switched_off: set[str] = attrs.field(init=False, factory=set)
+    _recorder: RecordingWriter | None = attrs.field(init=False, default=None)
+    _unsubscribe_recorder: Callable[[], None] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if not self.interval > 0:
@@ -198,6 +233,10 @@ class Monitor:
         check_token(self.token, "token")
         check_token(self.metrics_token, "metrics_token")
         check_max_age(self.session_max_age_s)
+        if not self.record_hours > 0:
+            raise ValueError(f"record_hours must be > 0, got {self.record_hours!r}")
+        if not self.record_max_mb > 0:
+            raise ValueError(f"record_max_mb must be > 0, got {self.record_max_mb!r}")
         HostAllowList(self.allowed_hosts)
         clock = self.reactor.seconds
         window_s = self.history * self.interval
@@ -222,11 +261,17 @@ class Monitor:
             window_s=window_s,
             library_paths=self.library_paths,
             user_paths=self.user_paths,
+            handlers=self.handlers,
+            top_handlers=self.top_handlers,
+            handlers_window_s=self.handlers_window_s,
         )
         self.timeouts = TimeoutsProbe(
             self.reactor, self.errors, clock, loop=self.loop, deferreds=self.deferreds
         )
         self.process = ProcessProbe(self.errors)
+        self.profiler = Profiler(
+            self.reactor, self.loop, lambda exc: self.errors.record("profile", exc)
+        )
         if self.max_sse_clients < 1:
             raise ValueError(f"max_sse_clients must be >= 1, got {self.max_sse_clients!r}")
         self.events = EventHub(self, max_clients=self.max_sse_clients)
@@ -245,6 +290,23 @@ class Monitor:
             max_in_flight=DEFAULT_MAX_SNAPSHOT_ANSWERS,
             slow_client_timeout_s=self.slow_client_timeout_s,
         )
+        self.stuck = StuckServer(
+            busy_since=self.loop.busy_since,
+            stuck_now=self.loop.stuck_now,
+            newest=self._newest_encoded,
+            families=self._metric_families,
+            # a Clock in unit tests has none; a real reactor always does
+            call_from_thread=getattr(self.reactor, "callFromThread", _no_thread_calls),
+            on_error=lambda exc: self.errors.record("web", exc),
+        )
+        stuck = weakref.ref(self.stuck)  # weakly, as below: the probe must not hold the monitor
+
+        def loop_stuck(tick: float) -> None:
+            server = stuck()
+            if server is not None:
+                server.loop_stuck(tick)
+
+        self.loop.on_stuck = loop_stuck
         # weakly: a probe's hooks may outlive its stop() on the stack, the monitor must not
         events = weakref.ref(self.events)
         connections = weakref.ref(self.connections)
@@ -275,6 +337,7 @@ class Monitor:
             raise MonitorAlreadyRunning(
                 "another Monitor is already started in this process; stop() it first"
             )
+        recorder = self._open_recorder()  # a file it cannot use raises before any patch
         _active.append(self)
         self._running = True
         self._started_at = time.time()
@@ -285,13 +348,24 @@ class Monitor:
                     continue
                 probe.install()
                 installed.append(probe)
-        except BaseException:
+            if recorder is not None:  # its thread reads the file's size, off this thread
+                recorder.start()
+                self._recorder = recorder
+                self._unsubscribe_recorder = self.subscribe(recorder.offer)
+        except BaseException:  # undo everything: never half-started
+            if self._unsubscribe_recorder is not None:
+                self._unsubscribe_recorder()
+                self._unsubscribe_recorder = None
+            self._recorder = None
             for probe in reversed(installed):
                 probe.uninstall()
             self._running = False
             _active.remove(self)
+            if recorder is not None:
+                recorder.close()
             raise
         self.fresh.open()
+        self.stuck.open()
         self._timer = self.reactor.callLater(self.interval, self._tick)
 
     def stop(self) -> None:
@@ -303,11 +377,13 @@ class Monitor:
             self._timer.cancel()
         self._timer = None
         closes = (
+            self.stuck.close,
             self.fresh.close,
             self.events.close,
             self.history_answers.close,
             self.series_answers.close,
             self.snapshot_answers.close,
+            self.profiler.stop,
         )
         for close in closes:  # before the probes go
             try:
@@ -319,8 +395,42 @@ class Monitor:
                 probe.uninstall()
             except Exception as exc:  # keep undoing the others
                 self.errors.record(probe.name, exc)
+        self._close_recorder()
         if self in _active:
             _active.remove(self)
+
+    def _open_recorder(self) -> RecordingWriter | None:
+        """The recorder of ``record`` (its file opened and checked), not started; None
+        when not recording. Raises ``dashboard.recorder.RecordingError`` for a file it
+        cannot record into (not a recording, a newer format, a folder that does not exist)."""
+        if self.record is None:
+            return None
+        from dashboard.recorder.store import RecordingStore
+        from dashboard.recorder.writer import RecordingWriter
+
+        store = RecordingStore(self.record, create=True)
+        return RecordingWriter(
+            store,
+            max_age_s=self.record_hours * 3600.0,
+            max_bytes=int(self.record_max_mb * 1024 * 1024),
+        )
+
+    def _close_recorder(self) -> None:
+        """Write what the recorder holds and join its thread (at stop())."""
+        if self._unsubscribe_recorder is not None:
+            self._unsubscribe_recorder()
+            self._unsubscribe_recorder = None
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            try:
+                recorder.close()
+            except Exception as exc:
+                self.errors.record("recorder", exc)
+
+    @property
+    def recorder(self) -> RecordingWriter | None:
+        """The running recorder (``record=``), or None."""
+        return self._recorder
 
     def __enter__(self) -> Monitor:
         self.start()
@@ -381,7 +491,10 @@ class Monitor:
             "history": self.history_answers.as_json(),
             "series": self.series_answers.as_json(),
             "snapshot": self.snapshot_answers.as_json(),
+            "stuck": self.stuck.as_json(),
         }
+        if self._recorder is not None:
+            data["recorder"] = self._recorder.as_json()
         data["errors"] = self.errors.as_json()
         return data
 
@@ -413,6 +526,20 @@ class Monitor:
             except Exception as exc:
                 self.errors.record("subscribers", exc)
         return sample
+
+    def _newest_encoded(self) -> bytes | None:
+        """The newest sample's JSON bytes (``None`` before the first). Any thread: the stuck
+        server reads it while the reactor thread cannot answer."""
+        try:
+            return self._samples[-1].encoded
+        except IndexError:
+            return None
+
+    def _metric_families(self, data: JSONDict) -> list[Metric]:
+        """The metric families of the snapshot ``data``. Any thread (the stuck server's)."""
+        from dashboard.web.prometheus import SnapshotCollector
+
+        return list(SnapshotCollector(self).families(data))
 
     def latest(self) -> Sample:
         """The newest sample, taking one first if none exists yet."""
@@ -473,15 +600,38 @@ class Monitor:
         ``token`` is set."""
         from twisted.internet.endpoints import serverFromString
 
-        from dashboard.web.guard import warn_if_exposed
+        from dashboard.web.guard import GuardedResource, warn_if_exposed
         from dashboard.web.quiet_site import QuietSite
 
         description = loopback_endpoint(endpoint, allow_remote=allow_remote)
         warn_if_exposed(description, token_set=self.token is not None)
-        site = QuietSite(self.resource())
+        guard = self.resource()
+        site = QuietSite(guard)
         self.connections.mark_own(site)  # its port and connections: the dashboard's own
         port: Deferred[IListeningPort] = serverFromString(self.reactor, description).listen(site)
+
+        def serve_while_stuck(listening: IListeningPort) -> IListeningPort:
+            if isinstance(guard, GuardedResource):
+                self.stuck.add_port(listening, guard)  # False for TLS: not served while stuck
+            return listening
+
+        port.addCallback(serve_while_stuck)
         return port
+
+    def answer_while_stuck(self, port: IListeningPort, resource: IResource, prefix: str) -> None:
+        """Answer ``/api/v1/snapshot`` and ``/metrics`` on ``port`` too while the loop is stuck
+        (as on the ports of ``listen()``): a listening port of your own Site, where
+        ``resource`` (what ``resource()`` returned) is mounted at ``prefix`` (``"/dashboard"``).
+        Every other request arriving on it while stuck waits for the loop, as before (it is
+        handed back to your Site). ``ValueError`` for a port that cannot be served so (TLS,
+        not a twisted.web Site). Reactor thread."""
+        from dashboard.web.guard import GuardedResource
+
+        if not isinstance(resource, GuardedResource):
+            raise ValueError("resource must be what this monitor's resource() returned")
+        segments = tuple(part.encode() for part in prefix.strip("/").split("/") if part)
+        if not self.stuck.add_port(port, resource, segments):
+            raise ValueError(f"{port!r} is not a plain (non-TLS) twisted.web Site's port")
 
     def prometheus_collector(self) -> SnapshotCollector:
         """A prometheus_client collector of this monitor's figures, computed at scrape time

@@ -31,6 +31,8 @@ def test_every_benchmark_runs_at_smoke_size() -> None:
         "memory per connection",
         "reactor iteration (epoll)",
         "reactor iteration (asyncio)",
+        "reactor iteration, handlers=False (epoll)",
+        "reactor iteration, handlers=False (asyncio)",
         "blocks caught with their frame (epoll)",
         "blocks caught with their frame (asyncio)",
         "prometheus scrape (route)",

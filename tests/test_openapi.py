@@ -106,6 +106,13 @@ def schemathesis(base: str, *extra: str) -> subprocess.CompletedProcess[str]:
         "5",
         "--exclude-operation-id",
         "get_api_v1_events",
+        # a valid profile answers only after its N seconds (up to 30): test_profile_openapi
+        # runs schemathesis on its HEAD and its bad GETs instead (by naming it)
+        *(
+            []
+            if "get_api_v1_profile" in extra
+            else ["--exclude-operation-id", "get_api_v1_profile"]
+        ),
         *extra,
     ]
     return subprocess.run(

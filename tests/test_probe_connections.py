@@ -16,6 +16,7 @@ import json
 import socket
 import time
 import tracemalloc
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -404,7 +405,8 @@ def hook_functions() -> list[object]:
         for obj in gc.get_objects()
         if isinstance(obj, compiled)
         or (
-            (code := getattr(obj, "__code__", None)) is not None
+            # a class's __code__ is a descriptor (Cython's function type has one)
+            isinstance(code := getattr(obj, "__code__", None), types.CodeType)
             and code.co_qualname.startswith("ConnectionsProbe.")
             and "<locals>" in code.co_qualname
             and code.co_filename == connections.__file__

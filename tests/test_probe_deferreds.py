@@ -14,10 +14,10 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from dashboard import accel
 from dashboard.probes import deferred_source, deferreds
 from dashboard.probes.base import ProbeErrors
 from dashboard.probes.deferreds import DeferredsProbe
+from tests.accel_support import require_accelerator
 
 
 def site_here(offset: int = 0) -> str:
@@ -373,7 +373,7 @@ def test_the_compiled_path_is_what_the_monitor_uses() -> None:
     from dashboard.monitor import Monitor
     from dashboard.testing import global_reactor
 
-    assert accel.built is not None, "dashboard._accel was not built"
+    require_accelerator()
     monitor = Monitor(global_reactor())
     assert monitor.deferreds.accelerated
     monitor.start()

@@ -602,3 +602,49 @@ def test_the_package_run_with_m_is_the_users_code_for_blocks() -> None:
     claimed = StackOwner(user_paths=[str(program_package("synapse.app.homeserver"))])
     assert claimed.judge(frame)[0] == "synapse/app/_base.py:2 in start"
     assert StackOwner().classify(frame)[1] is True  # library without the claim
+
+
+LOOPING_SCRIPT = """
+    import time
+    from twisted.internet import reactor, task
+
+    def grind():
+        end = time.perf_counter() + 0.01
+        while time.perf_counter() < end:
+            pass
+
+    task.LoopingCall(grind).start(0.05)
+    print("looping", flush=True)
+    reactor.run()
+"""
+
+
+def test_run_handlers_turns_busy_time_by_handler_on(tmp_path: Path, reactor_name: str) -> None:
+    assert parse_run_args(["--handlers", "app.py"]) == RunOptions(script="app.py", handlers=True)
+    assert parse_run_args(["app.py", "--handlers"]) == RunOptions(  # the program's argument
+        script="app.py", args=("--handlers",)
+    )
+    script = write_script(tmp_path, "grind.py", LOOPING_SCRIPT)
+    for flags, on in (((), False), (("--handlers",), True)):
+        child = Child.start(run_command(reactor_name, *flags, str(script)))
+        try:
+            found = child.wait_for(DASHBOARD_LINE, "stderr")
+            child.wait_for(re.compile("looping"), "stdout")
+            dashboard = f"http://127.0.0.1:{found[1]}"
+            deadline = time.monotonic() + 20
+            while True:
+                loop = fresh_snapshot(dashboard)["loop"]
+                names = [row["handler"] for row in loop["handlers"] or ()]
+                if not on or any("grind" in name for name in names):
+                    break
+                assert time.monotonic() < deadline, loop["handlers"]
+                time.sleep(0.2)
+        finally:
+            child.stop()
+        if on:
+            row = next(row for row in loop["handlers"] if "grind" in row["handler"])
+            assert row["handler"] == "__main__.grind (LoopingCall)"
+            assert row["calls"] >= 1 and row["max_ms"] >= 9.0, row
+        else:
+            assert loop["handlers"] is None
+        no_traceback(child)

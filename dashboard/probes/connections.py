@@ -107,6 +107,7 @@ class ConnectionsProbe:
         if top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {top_n!r}")
         self.accelerated = accel.resolve(accelerate)
+        self.hot_path_reason = accel.hot_path_reason(accelerate, self.accelerated)
         if kernel_counts is None:
             kernel_counts = tcp_counters.available()
         elif kernel_counts and not tcp_counters.available():
@@ -470,6 +471,7 @@ class ConnectionsProbe:
             "items_total": len(entries),
             "items_truncated": len(entries) > self.top_n,
             "hot_path": "compiled" if self.accelerated else "python",
+            "hot_path_reason": self.hot_path_reason,
             "tcp_counts": "kernel" if self.kernel_counts else "hooks",
             "own": {
                 "open": len(registry.own_entries),

@@ -128,6 +128,11 @@ class DeferredsProbe:
         built; None: where built, unless ``REACTOR_DASHBOARD_ACCEL=0``; False: never)."""
         # the site counters' base class was chosen at import: only it can feed the C path
         self.accelerated = accel.resolve(accelerate, available=COMPILED_COUNTS)
+        self.hot_path_reason = accel.hot_path_reason(
+            accelerate,
+            self.accelerated,
+            unavailable=f"the site counters were made pure Python at import ({accel.ENV}=0 then)",
+        )
         self._tracker: Any = None
         self._reactor = reactor
         self._errors = errors
@@ -693,6 +698,7 @@ class DeferredsProbe:
             "unfired_collected_total": lost,
             "born_fired_total": born_fired,
             "hot_path": "compiled" if self.accelerated else "python",
+            "hot_path_reason": self.hot_path_reason,
             "oldest_pending_age_s": round(max(0.0, oldest_age), 3),
             "sites_total": seen,
             "sites": [

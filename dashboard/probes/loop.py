@@ -46,6 +46,7 @@ from typing import Any
 
 from dashboard import accel
 from dashboard.probes.base import JSONDict, Patcher, ProbeErrors, TimeSource
+from dashboard.probes.handlers import HandlerHooks
 from dashboard.probes.lag_histogram import LagCounters, LagWindow, cumulative_le, finite_ms
 from dashboard.probes.stack_owner import StackOwner
 from dashboard.probes.wait_hook import timed_wait
@@ -93,13 +94,21 @@ class LoopProbe:
         accelerate: bool | None = None,
         library_paths: tuple[str, ...] = (),
         user_paths: tuple[str, ...] = (),
+        handlers: bool = False,
+        top_handlers: int = 20,
+        handlers_window_s: float = 10.0,
     ) -> None:
         """``accelerate``: use the compiled hook and pulse (``dashboard._accel.TimedWait`` and
         ``Pulse``; True: required, an error where not built; None: where built, unless
         ``REACTOR_DASHBOARD_ACCEL=0``; False: never). ``library_paths`` / ``user_paths``: path
         prefixes or module names that count as library code, or as the user's, when a block's
-        ``where`` is named (:class:`~dashboard.probes.stack_owner.StackOwner`)."""
-        self.accelerated = accelerate = accel.resolve(accelerate)
+        ``where`` is named (:class:`~dashboard.probes.stack_owner.StackOwner`). ``handlers``:
+        time each call the reactor makes (``loop.handlers``, the top ``top_handlers`` over the
+        last ``handlers_window_s`` seconds; :mod:`dashboard.probes.handlers`, compiled where
+        ``accelerate`` says)."""
+        self.accelerated = accel.resolve(accelerate)
+        self.hot_path_reason = accel.hot_path_reason(accelerate, self.accelerated)
+        accelerate = self.accelerated
         self._reactor = reactor
         self._errors = errors
         self._clock = clock
@@ -112,10 +121,25 @@ class LoopProbe:
         )
         self.lag = LagCounters()
         self.watchdog: Watchdog | None = None
+        #: told the busy span's tick when the loop is stuck past the threshold (the watchdog
+        #: thread calls it; see Watchdog.on_stuck): the web's stuck server. Set before install().
+        self.on_stuck: Callable[[float], None] | None = None
         #: which wait is timed (None: no hook found, so no busy ratio and no blocks)
         self.wait_hook: str | None = None
         self.blocks_total = 0
         self.stack_owner = StackOwner(library_paths, user_paths)
+        #: busy time by handler (None: switched off)
+        self.handlers: HandlerHooks | None = None
+        if handlers:
+            self.handlers = HandlerHooks(
+                reactor,
+                clock,
+                self._record_error,
+                idle=self._idle_s,
+                top_n=top_handlers,
+                window_s=handlers_window_s,
+                accelerate=accelerate,
+            )
         #: (at, duration_s, stack, where, owner)
         self._blocks: deque[tuple[float, float, list[str], str | None, str]] = deque(
             maxlen=MAX_BLOCKS
@@ -145,8 +169,11 @@ class LoopProbe:
             self._install_wait_hook()
             if self.wait_hook is not None:
                 self._watch_start_up()
+            self._install_handlers()
         except BaseException:
             self._forget_start_up()
+            if self.handlers is not None:
+                self.handlers.uninstall()
             self._patcher.restore()
             self._installed = False
             raise
@@ -160,6 +187,7 @@ class LoopProbe:
             judge=self.stack_owner.judge,
             between_work=between_work_codes(self._reactor),
         )
+        self.watchdog.on_stuck = self.on_stuck
         if self.watchdog_enabled and self.wait_hook is not None:
             self.watchdog.start()
 
@@ -170,9 +198,24 @@ class LoopProbe:
         if self.watchdog is not None:
             self.watchdog.stop()
         self._forget_start_up()
+        if self.handlers is not None:
+            self.handlers.uninstall()
         self._patcher.restore()
         self.wait_hook = None
         self.pulse.tick = math.inf
+
+    def _install_handlers(self) -> None:
+        """Busy time by handler: its hooks fail alone (counted), the probe runs on."""
+        if self.handlers is None:
+            return
+        try:
+            self.handlers.install()
+        except Exception as exc:
+            self._record_error(exc)
+
+    def _idle_s(self) -> float | None:
+        """Seconds spent in the poller wait so far (None: no wait is timed)."""
+        return self.pulse.idle_s if self.wait_hook is not None else None
 
     def _watch_start_up(self) -> None:
         """Measure the busy span that runs before the first wait. Installed on a reactor that
@@ -288,6 +331,33 @@ class LoopProbe:
 
     # reading -----------------------------------------------------------------------------
 
+    def busy_since(self) -> float | None:
+        """When the busy span running now began (the reactor clock's seconds), or ``None``
+        while the loop waits in its poller (and before it first ran). Any thread: one read."""
+        tick = self.pulse.tick
+        return None if tick == math.inf else tick
+
+    def stuck_now(self) -> JSONDict | None:
+        """``loop.stuck`` as of now: ``{since, for_s, stack, where, owner}`` while the reactor
+        thread is stuck past the block threshold (``since``: when the busy span began, the
+        reactor clock's seconds; ``stack``: the reactor thread's frames now, outermost first),
+        ``None`` while the loop runs. Any thread (the stuck server calls it while the reactor
+        thread cannot)."""
+        watchdog = self.watchdog
+        if watchdog is None or not self._installed:
+            return None
+        look = watchdog.look_now()
+        if look is None:
+            return None
+        tick, stack, where, owner = look
+        return {
+            "since": round(tick, 3),
+            "for_s": round(max(0.0, self._clock() - tick), 3),
+            "stack": stack,
+            "where": where,
+            "owner": owner,
+        }
+
     def max_lateness_ms(self) -> float:
         """The largest delayed-call lateness of this sampling interval, ms: the interval closed by
         the latest ``collect()`` merged with whatever ran since. Reactor thread."""
@@ -366,13 +436,27 @@ class LoopProbe:
                 }
                 for at, dur, stack, where, owner in self._blocks
             ],
+            # the reactor thread answers only while the loop runs; the stuck server fills it
+            "stuck": None,
             "threshold_ms": round(self.threshold_s * 1000.0, 3),
             "max_lateness_ms": round(late_max_s * 1000.0, 3),
             "window_s": self.window_s,
             "wait_hook": self.wait_hook,
             "watchdog": self.watchdog is not None and self.watchdog.running,
             "hot_path": "compiled" if self.accelerated else "python",
+            "hot_path_reason": self.hot_path_reason,
+            **self._handlers_section(close),
         }
+
+    def _handlers_section(self, close: bool) -> JSONDict:
+        """``loop.handlers*``: busy time by handler (null while switched off)."""
+        if self.handlers is None or not self._installed:
+            return {"handlers": None, "handlers_other": None, "handlers_window_s": None}
+        try:
+            return self.handlers.section(close=close)
+        except Exception as exc:
+            self._record_error(exc)
+            return {"handlers": None, "handlers_other": None, "handlers_window_s": None}
 
 
 def _is_select_reactor(reactor: Any) -> bool:
@@ -415,6 +499,12 @@ def between_work_codes(reactor: Any) -> frozenset[CodeType]:
             code = getattr(inspect.unwrap(method), "__code__", None) if method else None
             if isinstance(code, CodeType):
                 codes.add(code)
+    # busy time by handler runs the reactor's timed calls from a method of its own (a
+    # recompiled runUntilCurrent on the instance; dashboard.probes.handlers)
+    hooked = getattr(reactor, "runUntilCurrent", None)
+    code = getattr(getattr(hooked, "__func__", hooked), "__code__", None)
+    if isinstance(code, CodeType):
+        codes.add(code)
     return frozenset(codes)
 
 

@@ -73,6 +73,8 @@ class TimerFrames:
         candidates = [
             internet_base.ReactorBase.runUntilCurrent,
             getattr(type(reactor), "runUntilCurrent", None),
+            # the loop probe's busy time by handler recompiles it on the instance
+            getattr(reactor, "runUntilCurrent", None),
             task.Clock.advance,
             getattr(type(reactor), "advance", None),
         ]

@@ -89,6 +89,11 @@ class Watchdog:
     latest capture, set before ``pulse.captured``. A failing judge is reported to ``on_error``
     and the stack is still published, named by its innermost frame.
 
+    ``on_stuck(tick)`` (optional, set any time) is called from the watchdog thread right
+    after a capture, with the busy span's ``tick``: the loop is stuck past the threshold now.
+    It must return at once (start a thread, set an event); its failures go to ``on_error``.
+    Nothing else calls it, so it costs nothing while the loop runs.
+
     ``between_work``: code objects of the reactor's own loop (its ``mainLoop``, its wait's
     caller, asyncio's ``_run_once``). A stack whose innermost frame runs one of them was taken
     after the blocking call had returned (the thread was scheduled late, as on a loaded
@@ -117,6 +122,8 @@ class Watchdog:
         self.format_stack = format_stack
         self.judge = judge
         self.between_work = between_work
+        #: told ``tick`` after each capture (see the class docstring)
+        self.on_stuck: Callable[[float], None] | None = None
         #: ``(tick, where, owner)`` of the latest capture
         self.detail: tuple[float, str | None, str] | None = None
         self._on_error = on_error
@@ -244,4 +251,30 @@ class Watchdog:
         self.detail = (tick, where, owner)
         pulse.captured = (tick, stack)
         self.captures_total += 1
+        on_stuck = self.on_stuck
+        if on_stuck is not None:
+            try:
+                on_stuck(tick)
+            except Exception as exc:
+                self._on_error(exc)
         return True
+
+    def look_now(self) -> tuple[float, list[str], str | None, str] | None:
+        """The busy span stuck past the threshold now, looked at now: ``(tick, stack, where,
+        owner)`` with the watched thread's stack as it is at this moment; ``None`` while the
+        loop runs (waiting, or busy for less than the threshold) or when the span ended while
+        this looked. Any thread; the same frames rules as :meth:`check`, nothing published."""
+        tick = self.pulse.tick
+        if self.clock() - tick < self.threshold_s:
+            return None
+        frame = sys._current_frames().get(self.thread_ident)
+        try:
+            if frame is not None and frame.f_code in self.between_work:
+                return None  # back in the reactor's own loop: the span is ending
+            stack = self.format_stack(frame)
+            where, owner = self._judge(frame, stack)
+        finally:
+            del frame
+        if self.pulse.tick != tick:
+            return None
+        return tick, stack, where, owner

@@ -16,6 +16,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from dashboard.recorder import replay_web
 from dashboard.web import page
 from dashboard.web.bulk_body import stream_body, stream_whole
 from dashboard.web.json_api import (
@@ -28,6 +29,7 @@ from dashboard.web.json_api import (
     query_params,
 )
 from dashboard.web.openapi import openapi_document
+from dashboard.web.profile import profile_answer
 from dashboard.web.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dashboard.web.prometheus import SnapshotCollector, exposition
 from dashboard.web.series import SITES_MAX_S, series_answer, series_cache
@@ -64,6 +66,11 @@ class DashboardApp:
         self.openapi_body()
         series_cache(self.monitor)
 
+    def replay(self) -> Any:
+        """The recording this app replays (``reactor-dashboard replay``: its routes answer
+        from the file, see dashboard/recorder/replay_web.py), or None for a live Monitor."""
+        return getattr(self.monitor, "replay", None)
+
     @app.route("/", methods=READ_METHODS)
     def index(self, request: Request) -> bytes:
         """The HTML dashboard, with the newest sample as its initial data."""
@@ -71,6 +78,8 @@ class DashboardApp:
         if redirect is not None:
             return redirect
         config = page.page_config(self.monitor.history_seconds, self.monitor.interval)
+        if (replay := self.replay()) is not None:
+            config["replay"] = replay.page_config()
         return page.serve_page(request, self.monitor.latest().data, config)
 
     # merge_slashes=False: "static//etc/passwd" is refused here, not redirected by werkzeug.
@@ -90,6 +99,8 @@ class DashboardApp:
         the next one (see dashboard.answer_limits.FreshSnapshots). Written as the client
         reads it, with ``/metrics`` at most 32 at once (503 beyond; see
         dashboard/web/bulk_body.py)."""
+        if (replay := self.replay()) is not None:
+            return replay_web.snapshot(request, replay)
         params = query_params(request, {"fresh": "1 to collect a snapshot now"})
         monitor = self.monitor
 
@@ -114,7 +125,8 @@ class DashboardApp:
         """The samples of the last ``seconds`` seconds (1 .. history length), oldest first.
         Written as the client reads it, from the stored samples' own bytes; at most
         ``max_history_answers`` at once, 503 beyond (see dashboard/web/bulk_body.py)."""
-
+        if (replay := self.replay()) is not None:
+            return replay_web.history(request, replay)
         span = self.monitor.history_seconds
         params = query_params(request, {"seconds": f"1 to {span}"})
         seconds = int_param(params.get("seconds", str(span)), "seconds", 1, span)
@@ -139,7 +151,8 @@ class DashboardApp:
         snapshot's shape; ``sites_seconds``: the newest also carry ``deferreds.sites``
         (see dashboard/web/series.py). What the page seeds its charts from. Written as the
         client reads it, at most 16 at once (503 beyond), as the history is."""
-
+        if (replay := self.replay()) is not None:
+            return replay_web.series(request, replay)
         span = self.monitor.history_seconds
         params = query_params(
             request, {"seconds": f"1 to {span}", "sites_seconds": f"0 to {SITES_MAX_S}"}
@@ -156,10 +169,19 @@ class DashboardApp:
             on_error=lambda exc: self.monitor.errors.record("web", exc),
         )
 
+    @app.route("/api/v1/profile", methods=READ_METHODS)
+    def profile(self, request: Request) -> bytes | Deferred[bytes]:
+        """A profile of the reactor thread, answered after ``seconds`` (1-30); one at a time
+        (409 while another runs). Sampled and rendered off the reactor thread (see
+        dashboard/web/profile.py)."""
+        return profile_answer(self.monitor, request)
+
     @app.route("/metrics", methods=READ_METHODS)
     def metrics(self, request: Request) -> bytes | Deferred[None]:
         """Prometheus text exposition of the newest sample (no new snapshot is taken).
         Written as the client reads it, counted with the snapshot answers (32 at once)."""
+        if (replay := self.replay()) is not None:
+            return replay_web.metrics(request, replay)
         query_params(request, {})
         body = exposition(SnapshotCollector(self.monitor))
         return stream_whole(

@@ -31,7 +31,11 @@ every request, in this order:
    ``/metrics`` also takes ``metrics_token`` (for scrapers). Comparisons are constant-time
    (:func:`hmac.compare_digest`).
 
-Every refusal is a JSON error body. Everything here runs on the reactor thread.
+Every refusal is a JSON error body. Everything here runs on the reactor thread, but for the
+checks the stuck server (:mod:`dashboard.web.stuck_server`) shares while the reactor thread
+cannot answer: :func:`limits_refusal`, :func:`host_refusal`, :func:`method_refusal` and
+:meth:`GuardedResource.access_check` work out a :class:`Refusal` from a request's parts, in
+any thread.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote_to_bytes
 
+import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import resource
@@ -105,6 +110,91 @@ SESSION_PATH = [b"session"]
 SIGN_OUT_PATH = [b"session", b"sign-out"]
 #: The ``Retry-After`` of a 503 when too many long requests are open by cookie, seconds.
 RETRY_AFTER_S = 5
+
+
+#: The challenge of every 401.
+BEARER_CHALLENGE = b'Bearer realm="reactor-dashboard"'
+
+
+@attrs.frozen
+class Refusal:
+    """A refusal worked out from a request's parts (any thread): the status, the error's name
+    and message, more fields of the JSON body, and headers to set with it."""
+
+    status: int
+    error: str
+    message: str
+    extra: dict[str, Any] = attrs.field(factory=dict)
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def limits_refusal(uri: bytes, headers: Iterable[tuple[bytes, Iterable[bytes]]]) -> Refusal | None:
+    """414 for a request target over :data:`MAX_URI_BYTES`, 431 for a header line over
+    :data:`MAX_HEADER_BYTES` or more than :data:`MAX_HEADERS` of them; ``headers``: raw
+    ``(name, values)`` pairs. Any thread."""
+    if len(uri) > MAX_URI_BYTES:
+        return Refusal(414, "uri_too_long", f"the request target is over {MAX_URI_BYTES} bytes")
+    count = 0
+    for name, values in headers:
+        for value in values:
+            count += 1
+            if len(name) + 2 + len(value) > MAX_HEADER_BYTES:
+                header = name.decode("latin-1")[:40]
+                return Refusal(
+                    431, "header_too_large", f"header {header!r} is over {MAX_HEADER_BYTES} bytes"
+                )
+    if count > MAX_HEADERS:
+        return Refusal(431, "too_many_headers", f"more than {MAX_HEADERS} header lines")
+    return None
+
+
+def host_refusal(
+    hosts: Sequence[bytes], clientproto: bytes, arrived_on: str | None, allowed: HostAllowList
+) -> Refusal | None:
+    """The ``Host`` check: ``hosts`` are the request's ``Host`` header values, ``clientproto``
+    its protocol (``HTTP/1.1``), ``arrived_on`` the local address it came to. Any thread."""
+    if len(hosts) > 1:  # which one would a proxy have checked? Neither is trusted.
+        return Refusal(421, "host_not_allowed", "more than one Host header")
+    if not hosts:
+        if clientproto.upper() in (b"HTTP/1.0", b"HTTP/0.9"):
+            return None  # HTTP/1.0 may leave Host out: nothing to rebind
+        return Refusal(400, "host_missing", "an HTTP/1.1 request needs a Host header")
+    text = hosts[0].decode("latin-1")
+    if split_host(text) is None:
+        return Refusal(
+            400,
+            "bad_host",
+            f"Host {text[:100]!r} is not a host name, an IPv4 address or a bracketed IPv6"
+            " address (with an optional :port from 1 to 65535)",
+        )
+    if not allowed.allows(hosts[0], arrived_on):
+        return Refusal(
+            421,
+            "host_not_allowed",
+            f"this dashboard does not answer to Host {text[:100]!r}; add the name to"
+            " allowed_hosts to serve it",
+        )
+    return None
+
+
+def method_refusal(method: bytes, allowed: tuple[bytes, ...] = READ_METHODS) -> Refusal | None:
+    """405 (with ``Allow``) for a method not in ``allowed``, spelled exactly (``get`` is
+    refused). Any thread."""
+    if method in allowed:
+        return None
+    names = [name.decode() for name in allowed]
+    shown = method.decode("latin-1")[:20]
+    if method.upper() in allowed:
+        message = f"methods are case-sensitive: {shown!r} is not {shown.upper()!r}"
+    else:
+        message = f"{shown!r} is not allowed here (allowed: {', '.join(names)})"
+    return Refusal(
+        405,
+        "method_not_allowed",
+        message,
+        {"allowed": names},
+        ((b"Allow", ", ".join(names).encode()),),
+    )
 
 
 def generate_token() -> str:
@@ -229,72 +319,20 @@ class GuardedResource(resource.Resource):
         return refusal, session
 
     def _limits_refusal(self, request: Request) -> bytes | None:
-        uri = request.uri or b""
-        if len(uri) > MAX_URI_BYTES:
-            return self._refuse(
-                request, 414, "uri_too_long", f"the request target is over {MAX_URI_BYTES} bytes"
-            )
-        count = 0
-        for name, values in request.requestHeaders.getAllRawHeaders():
-            for value in values:
-                count += 1
-                if len(name) + 2 + len(value) > MAX_HEADER_BYTES:
-                    header = name.decode("latin-1")[:40]
-                    return self._refuse(
-                        request,
-                        431,
-                        "header_too_large",
-                        f"header {header!r} is over {MAX_HEADER_BYTES} bytes",
-                    )
-        if count > MAX_HEADERS:
-            return self._refuse(
-                request, 431, "too_many_headers", f"more than {MAX_HEADERS} header lines"
-            )
-        return None
+        headers = request.requestHeaders.getAllRawHeaders()
+        return self._apply(request, limits_refusal(request.uri or b"", headers))
 
     def _host_refusal(self, request: Request) -> bytes | None:
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
-        if len(hosts) > 1:  # which one would a proxy have checked? Neither is trusted.
-            return self._refuse(request, 421, "host_not_allowed", "more than one Host header")
-        if not hosts:
-            if (request.clientproto or b"").upper() in (b"HTTP/1.0", b"HTTP/0.9"):
-                return None  # HTTP/1.0 may leave Host out: nothing to rebind
-            return self._refuse(
-                request, 400, "host_missing", "an HTTP/1.1 request needs a Host header"
-            )
-        text = hosts[0].decode("latin-1")
-        if split_host(text) is None:
-            return self._refuse(
-                request,
-                400,
-                "bad_host",
-                f"Host {text[:100]!r} is not a host name, an IPv4 address or a bracketed IPv6"
-                " address (with an optional :port from 1 to 65535)",
-            )
-        if not self.hosts.allows(hosts[0], _arrival_host(request)):
-            return self._refuse(
-                request,
-                421,
-                "host_not_allowed",
-                f"this dashboard does not answer to Host {text[:100]!r}; add the name to"
-                " allowed_hosts to serve it",
-            )
-        return None
+        refusal = host_refusal(
+            hosts, request.clientproto or b"", _arrival_host(request), self.hosts
+        )
+        return self._apply(request, refusal)
 
     def _method_refusal(self, request: Request) -> bytes | None:
         """405 for a method this path does not take, spelled exactly (``get`` is refused)."""
-        method = request.method or b""
         allowed = (b"POST",) if self._is_sign_out(request) else READ_METHODS
-        if method in allowed:
-            return None
-        names = [name.decode() for name in allowed]
-        request.setHeader(b"Allow", ", ".join(names).encode())
-        shown = method.decode("latin-1")[:20]
-        if method.upper() in allowed:
-            message = f"methods are case-sensitive: {shown!r} is not {shown.upper()!r}"
-        else:
-            message = f"{shown!r} is not allowed here (allowed: {', '.join(names)})"
-        return self._refuse(request, 405, "method_not_allowed", message, allowed=names)
+        return self._apply(request, method_refusal(request.method or b"", allowed))
 
     def _is_sign_out(self, request: Request) -> bool:
         return self._token is not None and (request.postpath or []) == SIGN_OUT_PATH
@@ -303,37 +341,49 @@ class GuardedResource(resource.Resource):
         """The refusal (or the answer given here), or ``None`` to serve; and the session of
         the cookie the request was let in by (``None`` when let in otherwise)."""
         postpath = request.postpath or []
-        is_page = postpath in ([], [b""])
+        if self._token is not None:
+            if self._is_sign_out(request):
+                return self._sign_out(request), None
+            given = (request.args or {}).get(TOKEN_PARAMETER)
+            if given is not None and postpath in ([], [b""]):
+                return self._page_login(request, given), None
+        cookie = self._cookie(request) if self.sessions is not None else None
+        refusal, via, session = self.access_check(
+            postpath, request.getHeader(b"authorization"), cookie
+        )
+        if refusal is not None or via is None:
+            return self._apply(request, refusal), None
+        if self.sessions is not None and postpath == SESSION_PATH:
+            return self._session_answer(request, via), None
+        return None, session
+
+    def access_check(
+        self, postpath: list[bytes], authorization: bytes | None, cookie: bytes | None
+    ) -> tuple[Refusal | None, str | None, Session | None]:
+        """The token check of a request for ``postpath`` (the path below the dashboard, as
+        segments) with this ``Authorization`` header and session cookie value, but for the
+        page's sign-in and sign-out (answered by the reactor thread alone): ``(refusal, via,
+        session)``, ``via`` being ``"bearer"``, ``"cookie"`` (``session`` the cookie's), or
+        ``None`` when no token guards the path. Any thread."""
         accepted: list[bytes] = []
         if postpath == [b"metrics"] and self._metrics_token is not None:
             accepted.append(self._metrics_token)
         if self._token is not None:
             accepted.append(self._token)
         elif not accepted:
-            return None, None  # only /metrics is guarded
-        if self._is_sign_out(request):
-            return self._sign_out(request), None
-        if is_page and self._token is not None:
-            given = (request.args or {}).get(TOKEN_PARAMETER)
-            if given is not None:
-                return self._page_login(request, given), None
-        session = None
-        if _bearer_matches(request.getHeader(b"authorization"), accepted):
-            via = "bearer"
-        elif self.sessions is not None and (session := self.sessions.check(self._cookie(request))):
-            via = "cookie"
+            return None, None, None  # only /metrics is guarded
+        if _bearer_matches(authorization, accepted):
+            return None, "bearer", None
+        if self.sessions is not None and (session := self.sessions.check(cookie)):
+            return None, "cookie", session
+        if self.sessions is not None and self.sessions.expired(cookie):
+            where = "the session has expired: open the page with ?token= again"
+        elif postpath in ([], [b""]):
+            where = "a token is needed: the page takes ?token="
         else:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="reactor-dashboard"')
-            if self.sessions is not None and self.sessions.expired(self._cookie(request)):
-                where = "the session has expired: open the page with ?token= again"
-            elif is_page:
-                where = "a token is needed: the page takes ?token="
-            else:
-                where = "a token is needed: send Authorization: Bearer <token>"
-            return self._refuse(request, 401, "unauthorized", where), None
-        if self.sessions is not None and postpath == SESSION_PATH:
-            return self._session_answer(request, via), None
-        return None, session
+            where = "a token is needed: send Authorization: Bearer <token>"
+        challenge = ((b"WWW-Authenticate", BEARER_CHALLENGE),)
+        return Refusal(401, "unauthorized", where, headers=challenge), None, None
 
     def _cookie(self, request: Request) -> bytes | None:
         assert self.sessions is not None
@@ -345,7 +395,7 @@ class GuardedResource(resource.Resource):
         of a new session."""
         assert self._token is not None and self.sessions is not None
         if len(given) != 1 or not hmac.compare_digest(given[0], self._token):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="reactor-dashboard"')
+            request.setHeader(b"WWW-Authenticate", BEARER_CHALLENGE)
             return self._refuse(request, 401, "unauthorized", "the token is wrong")
         self._set_cookie(request, self.sessions.issue(), self.sessions.max_age_s)
         request.setResponseCode(303)
@@ -420,6 +470,16 @@ class GuardedResource(resource.Resource):
             httpOnly=True,
             secure=request.isSecure(),
             sameSite="strict",
+        )
+
+    def _apply(self, request: Request, refusal: Refusal | None) -> bytes | None:
+        """Answer ``request`` with ``refusal`` (its headers set); ``None`` for no refusal."""
+        if refusal is None:
+            return None
+        for name, value in refusal.headers:
+            request.setHeader(name, value)
+        return self._refuse(
+            request, refusal.status, refusal.error, refusal.message, **refusal.extra
         )
 
     def _refuse(

@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from dashboard.web.profile import MAX_SECONDS as PROFILE_MAX_SECONDS
+from dashboard.web.profile import OPENAPI_SCHEMAS as PROFILE_SCHEMAS
 from dashboard.web.series import SITES_MAX_S
 
 JSONDict = dict[str, Any]
@@ -75,9 +77,38 @@ _LOOP = _object(
         "wait_hook": "string?",
         "watchdog": "boolean",
         "hot_path": "string",
+        "hot_path_reason": "string?",
+        "stuck": "object?",
+        "handlers": "array?",
+        "handlers_other": "object?",
+        "handlers_window_s": "number?",
     }
 )
 _LOOP["properties"]["blocks"]["items"] = _BLOCK
+# busy time by handler (null while off: Monitor(handlers=True))
+_LOOP["properties"]["handlers"]["items"] = _object(
+    {
+        "handler": "string",
+        "own": "boolean",
+        "calls": "integer",
+        "busy_s": "number",
+        "share": "number?",
+        "share_last": "number?",
+        "calls_per_s": "number?",
+        "mean_ms": "number",
+        "max_ms": "number",
+        "calls_total": "integer",
+        "busy_s_total": "number",
+        "max_ms_total": "number",
+        "duration_counts": "array",
+    },
+    nullable=False,
+)
+# null but in answers given while the loop is stuck (dashboard/web/stuck_server.py)
+_LOOP["properties"]["stuck"] = _object(
+    {"since": "number", "for_s": "number", "stack": "array", "where": "string?", "owner": "string"}
+)
+_LOOP["properties"]["stuck"]["properties"]["stack"]["items"] = {"type": "string"}
 _LOOP["properties"]["lag_ms"] = _object(
     {"last": "number?", "p50": "number?", "p99": "number?", "max": "number?", "samples": "integer"},
     nullable=False,
@@ -91,6 +122,7 @@ _DEFERREDS = _object(
         "unfired_collected_total": "integer",
         "born_fired_total": "integer",
         "hot_path": "string",
+        "hot_path_reason": "string?",
         "oldest_pending_age_s": "number",
         "sites_total": "integer",
         "sites": "array",
@@ -136,6 +168,7 @@ _CONNECTIONS = _object(
         "items_total": "integer",
         "items_truncated": "boolean",
         "hot_path": "string",
+        "hot_path_reason": "string?",
         "tcp_counts": "string",
         "own": "object",
     }
@@ -392,6 +425,52 @@ def openapi_document(history_seconds: int) -> JSONDict:
                 ],
             )
         },
+        "/api/v1/profile": {
+            "get": _operation(
+                "A profile of the reactor thread: its stack sampled about 100 times a second"
+                " for N seconds, merged by function; answered after N seconds. HEAD samples"
+                " nothing: 200 when a profile could start now",
+                {
+                    "200": {
+                        "description": "the profile (format=collapsed: flamegraph.pl's folded"
+                        " stacks; format=speedscope: a speedscope file), the downloads with"
+                        " Content-Disposition",
+                        "headers": {
+                            "Content-Disposition": {"required": False, "schema": {"type": "string"}}
+                        },
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Profile"},
+                                        {"$ref": "#/components/schemas/Speedscope"},
+                                    ]
+                                }
+                            },
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "409": _error("another profile is running (seconds_left says for how long)"),
+                    "503": _error("the monitor is stopped, or stopped before the profile ended"),
+                },
+                [
+                    {
+                        "name": "seconds",
+                        "in": "query",
+                        "required": True,
+                        "description": "how long to sample",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": PROFILE_MAX_SECONDS},
+                    },
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "description": "json (default), collapsed or speedscope",
+                        "schema": {"type": "string", "enum": ["json", "collapsed", "speedscope"]},
+                    },
+                ],
+            )
+        },
         "/api/v1/events": {
             "get": _operation(
                 "Server-sent events: one `event: snapshot` (with `id: <seq>`) per sample",
@@ -498,6 +577,7 @@ def openapi_document(history_seconds: int) -> JSONDict:
             },
             "schemas": {
                 "Error": _ERROR,
+                **PROFILE_SCHEMAS,
                 "Snapshot": _SNAPSHOT,
                 "Series": {
                     "type": "object",

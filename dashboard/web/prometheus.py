@@ -28,10 +28,17 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from dashboard.metric_figures import DEFAULT_TOP_SITES, FIGURES, Figure, figure_values
+from dashboard.metric_figures import (
+    DEFAULT_TOP_SITES,
+    FIGURES,
+    Figure,
+    figure_values,
+    label_text,
+)
 
 if TYPE_CHECKING:
     from dashboard.monitor import Monitor
+    from dashboard.probes.base import JSONDict
 
 #: The Prometheus text format this module writes (``generate_latest``'s).
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -40,6 +47,11 @@ LAG_NAME = "twisted_reactor_lag"
 LAG_HELP = (
     "Reactor lag: how late due delayed calls ran, and every blocked busy span, since the "
     "monitor was created."
+)
+HANDLER_DURATION_NAME = "twisted_reactor_handler_duration"
+HANDLER_DURATION_HELP = (
+    "How long each call of a handler took, since the monitor started: the program's handlers"
+    " listed in twisted_reactor_handler_busy_seconds_total."
 )
 INFO_NAME = "twisted_reactor"
 INFO_HELP = "The reactor being watched (always 1)."
@@ -67,11 +79,16 @@ class SnapshotCollector:
         for figure in FIGURES:
             yield _family(figure)
         yield HistogramMetricFamily(LAG_NAME, LAG_HELP, unit="seconds")
+        yield HistogramMetricFamily(HANDLER_DURATION_NAME, HANDLER_DURATION_HELP, unit="seconds")
         yield InfoMetricFamily(INFO_NAME, INFO_HELP)
 
     def collect(self) -> Iterator[Metric]:
         """The families of the newest sample; a family whose section is missing is left out."""
-        data = self.monitor.latest().data
+        return self.families(self.monitor.latest().data)
+
+    def families(self, data: JSONDict) -> Iterator[Metric]:
+        """The families of the snapshot ``data`` (and the monitor's lag histogram). Any
+        thread: the stuck server renders the newest sample with a live ``loop.stuck``."""
         values = figure_values(data, self.top_sites)
         for figure in FIGURES:
             samples = values.get(figure.name)
@@ -82,6 +99,9 @@ class SnapshotCollector:
                 family.add_metric(labels, value)
             yield family
         yield self._lag_histogram()
+        handlers = handler_histograms(data)
+        if handlers is not None:
+            yield handlers
         info = InfoMetricFamily(INFO_NAME, INFO_HELP, labels=["reactor"])
         info.add_metric([str(data.get("reactor", ""))[:100]], {})
         yield info
@@ -95,6 +115,39 @@ class SnapshotCollector:
             sum_value=sum_s,
         )
         return family
+
+
+def handler_histograms(data: JSONDict) -> HistogramMetricFamily | None:
+    """``twisted_reactor_handler_duration_seconds{handler}``: the call durations of the
+    program's listed handlers (``loop.handlers[].duration_counts`` over
+    ``loop.handler_duration_bounds_ms``); None when the snapshot has none."""
+    loop = data.get("loop")
+    if not isinstance(loop, dict) or not isinstance(loop.get("handlers"), list):
+        return None
+    bounds_ms = loop.get("handler_duration_bounds_ms")
+    if not isinstance(bounds_ms, list):
+        return None
+    bounds_s = [float(b) / 1000.0 for b in bounds_ms] + [math.inf]
+    family = HistogramMetricFamily(
+        HANDLER_DURATION_NAME, HANDLER_DURATION_HELP, labels=["handler"], unit="seconds"
+    )
+    seen: set[str] = set()
+    for row in loop["handlers"]:
+        if not isinstance(row, dict) or row.get("own") is True:
+            continue
+        counts = row.get("duration_counts")
+        if not isinstance(counts, list) or len(counts) != len(bounds_s):
+            continue
+        label = label_text(row.get("handler"))
+        if label in seen:
+            continue
+        seen.add(label)
+        running, buckets = 0, []
+        for bound, n in zip(bounds_s, counts, strict=True):
+            running += int(n)
+            buckets.append((_le(bound), float(running)))
+        family.add_metric([label], buckets, sum_value=float(row.get("busy_s_total") or 0.0))
+    return family
 
 
 def exposition(collector: SnapshotCollector) -> bytes:

@@ -21,7 +21,7 @@ or expires (one timer per session with open requests, at its expiry, cancelled w
 of them finishes). A copied cookie cannot keep a stream going past the sign-out or
 ``Max-Age``.
 
-Reactor thread only.
+Reactor thread only, but for :meth:`Sessions.check` (any thread).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -80,7 +81,11 @@ class Sessions:
     browser counts ``Max-Age`` on its own); ``on_end``: told the id of each session revoked,
     or ``None`` when the key is renewed (every session ends). ``revoked_total`` counts
     sign-outs, ``key_renewals`` the times the revocation list was full and every session was
-    ended."""
+    ended.
+
+    Reactor thread, except :meth:`check`, :meth:`expired` and :meth:`cookie_name`, which any
+    thread may call (the stuck server's, while the reactor thread cannot answer): the key and
+    the revoked ids change under a lock and are read under it."""
 
     max_age_s: int = attrs.field(default=DEFAULT_SESSION_MAX_AGE_S, converter=check_max_age)
     now: Callable[[], float] = attrs.field(default=time.time, repr=False)
@@ -92,12 +97,15 @@ class Sessions:
     key_renewals: int = attrs.field(default=0, init=False)
     _key: bytes = attrs.field(factory=lambda: secrets.token_bytes(32), init=False, repr=False)
     _revoked: dict[bytes, int] = attrs.field(factory=dict, init=False, repr=False)
+    _lock: threading.RLock = attrs.field(factory=threading.RLock, init=False, repr=False)
 
     @property
     def cookie_name(self) -> bytes:
         """The cookie's name, from the key: dashboards in other processes on this host (cookies
         ignore ports) keep cookies of their own, and a restart starts afresh."""
-        digest = hmac.new(self._key, b"reactor-dashboard cookie name", hashlib.sha256)
+        with self._lock:
+            key = self._key
+        digest = hmac.new(key, b"reactor-dashboard cookie name", hashlib.sha256)
         return COOKIE_PREFIX + digest.hexdigest()[:12].encode()
 
     def issue(self) -> bytes:
@@ -108,40 +116,46 @@ class Sessions:
 
     def check(self, value: bytes | None) -> Session | None:
         """The session ``value`` carries, or ``None`` when it is malformed, forged (another
-        key: another process, or before a restart), expired or revoked."""
-        session = self._verify(value)
-        if session is None or session.expires <= self.now() or session.id in self._revoked:
-            return None
-        return session
+        key: another process, or before a restart), expired or revoked. Any thread."""
+        with self._lock:
+            session = self._verify(value)
+            if session is None or session.expires <= self.now() or session.id in self._revoked:
+                return None
+            return session
 
     def expired(self, value: bytes | None) -> bool:
         """Whether ``value`` is a genuine session of this key that has expired (so that the
-        refusal can say so)."""
-        session = self._verify(value)
+        refusal can say so). Any thread."""
+        with self._lock:
+            session = self._verify(value)
         return session is not None and session.expires <= self.now()
 
     def revoke(self, value: bytes | None) -> bool:
         """End the session ``value`` carries; ``False`` when it was not a valid one."""
-        session = self.check(value)
-        if session is None:
-            return False
-        self.revoked_total += 1
-        now = self.now()
-        if len(self._revoked) >= self.max_revoked:
-            self._revoked = {sid: end for sid, end in self._revoked.items() if end > now}
-        if len(self._revoked) >= self.max_revoked:
+        with self._lock:
+            session = self.check(value)
+            if session is None:
+                return False
+            self.revoked_total += 1
+            now = self.now()
+            if len(self._revoked) >= self.max_revoked:
+                self._revoked = {sid: end for sid, end in self._revoked.items() if end > now}
+            full = len(self._revoked) >= self.max_revoked
+            if not full:
+                self._revoked[session.id] = session.expires
+        if full:
             self.renew_key()
             return True
-        self._revoked[session.id] = session.expires
         if self.on_end is not None:
             self.on_end(session.id)
         return True
 
     def renew_key(self) -> None:
         """A new key (and so a new cookie name): every session issued so far ends."""
-        self._key = secrets.token_bytes(32)
-        self._revoked = {}
-        self.key_renewals += 1
+        with self._lock:
+            self._key = secrets.token_bytes(32)
+            self._revoked = {}
+            self.key_renewals += 1
         if self.on_end is not None:
             self.on_end(None)
 

@@ -8,10 +8,14 @@ import { ChartBoard, chartStats } from "./charts.js";
 import { renderConnections, setUpConnectionSorting } from "./connections.js";
 import { el, setText } from "./dom.js";
 import * as fmt from "./format.js";
+import { HandlerTrends, renderHandlers } from "./handlers.js";
 import { renderOwn } from "./own.js";
 import { renderPools } from "./pools.js";
+import { profileStats, setUpProfile } from "./profile.js";
+import { startReplay } from "./replay.js";
 import { SeriesStore } from "./store.js";
 import { SnapshotStream } from "./stream.js";
+import { StuckWatch } from "./stuck.js";
 import * as tables from "./tables.js";
 import { renderTimeouts } from "./timeouts.js";
 import { SiteTrends } from "./trends.js";
@@ -27,6 +31,7 @@ const config = readJSON("page-config");
 const limits = config.verdict;
 const store = new SeriesStore(MAX_WINDOW_S + 60, MAX_ROWS);
 const trends = new SiteTrends(limits.recent_s);
+const handlerTrends = new HandlerTrends();
 let latest = readJSON("initial-snapshot");
 let windowS = config.default_window_s;
 let seededS = 0; // seconds of series asked for so far
@@ -50,10 +55,14 @@ const stats = {
   charts: chartStats,
 };
 window.__dashboardStats = stats;
+stats.profile = profileStats;
+// Notices a silent stream and asks the stuck server (see stuck.js).
+const stuckWatch = new StuckWatch({ intervalS: config.interval_s, stats });
 
 function take(snapshot) {
   if (!store.add(snapshot)) return false;
   trends.add(snapshot);
+  handlerTrends.add(snapshot);
   if (!(snapshot.time <= latest.time)) latest = snapshot;
   return true;
 }
@@ -69,6 +78,7 @@ function seed(samples) {
 
 function onSnapshot(snapshot) {
   stats.received += 1;
+  stuckWatch.heard();
   if (take(snapshot)) {
     stats.applied += 1;
     scheduleRender();
@@ -157,6 +167,7 @@ function render() {
   renderFigures(snapshot);
   board.update();
   renderOwn(snapshot);
+  renderHandlers(snapshot, handlerTrends);
   tables.renderSites(snapshot, trends);
   tables.renderLost(snapshot);
   tables.renderOldest(snapshot);
@@ -219,6 +230,7 @@ function setUpControls() {
     });
   }
   setUpConnectionSorting();
+  setUpProfile(!config.replay);
   const scheme = window.matchMedia("(prefers-color-scheme: dark)");
   scheme.addEventListener("change", () => {
     board.build();
@@ -241,6 +253,10 @@ function start() {
   board.build();
   render();
   showStatus();
+  if (config.replay) {
+    replayRecording();
+    return;
+  }
   loadSeries(windowS);
   const stream = new SnapshotStream("api/v1/events", {
     onSnapshot,
@@ -253,6 +269,30 @@ function start() {
   });
   window.__dashboard.stream = stream;
   stream.start();
+  stuckWatch.start();
+}
+
+/** A recording (reactor-dashboard replay): no stream; the charts over the chosen range and
+ * the rest of the page at the chosen moment, driven by static/js/replay.js. */
+function replayRecording() {
+  connection = "replay";
+  showStatus();
+  document.querySelector(".window-switch").hidden = true;
+  document.getElementById("pause").hidden = true;
+  window.__dashboard.replay = startReplay(config.replay, {
+    stats,
+    recentS: limits.recent_s,
+    showRange: (samples, from, to) => {
+      store.rows = [];
+      store.maxAgeS = Math.max(1, to - from) + 60;
+      windowS = Math.max(1, to - from);
+      seed(samples);
+    },
+    showMoment: (snapshot) => {
+      latest = snapshot;
+      scheduleRender();
+    },
+  });
 }
 
 // Test hook: the same path as the series seed, for data the server cannot produce quickly.

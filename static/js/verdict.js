@@ -3,6 +3,7 @@
 
 import { blockPlace } from "./blocks.js";
 import { count, ms, rate, shortSite } from "./format.js";
+import { handlerReason } from "./handlers.js";
 
 const mean = (values) => values.reduce((a, b) => a + b, 0) / values.length;
 
@@ -126,6 +127,8 @@ export function judge(snapshot, rows, limits) {
   reasons.push(...poolReasons(snapshot));
   const timeouts = timeoutsReason(rows, limits);
   if (timeouts) reasons.push(timeouts);
+  const handler = handlerReason(snapshot);
+  if (handler) reasons.push(handler);
   let level = "ok";
   if (reasons.some((r) => r.level === "blocked")) level = "blocked";
   else if (reasons.length) level = "degraded";
