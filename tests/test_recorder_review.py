@@ -223,7 +223,7 @@ def test_a_reader_writes_nothing_into_the_file(tmp_path: Path) -> None:
 
 
 REPLAY_1S = ("--port", "0", "--duration", "1")
-NOBODY_READER = """
+READER = """
 import sys
 from dashboard.recorder.store import open_for_reading
 store = open_for_reading(sys.argv[1])
@@ -231,14 +231,21 @@ print(store.count(), store.immutable)
 """
 
 
-def as_nobody(*args: str) -> list[str]:
-    """The command run as user nobody when this process is root (root may write anywhere,
-    so a folder it cannot write needs another user)."""
-    if os.geteuid() != 0:
-        return list(args)
-    setpriv = shutil.which("setpriv")
-    assert setpriv is not None, "setpriv (util-linux) is needed to test as another user"
-    return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", *args]
+def make_unwritable(folder: Path) -> None:
+    """Nobody may add a file to ``folder``, root included: mode 0555, and for root (who writes
+    anywhere) the immutable attribute too (``chattr +i``; running the reader as another user
+    instead fails where the interpreter lives under /root, as pyenv's do)."""
+    os.chmod(folder, 0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True, timeout=10)
+    with pytest.raises(OSError):
+        (folder / "probe").touch()
+
+
+def make_writable(folder: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], check=True, timeout=10)
+    os.chmod(folder, 0o755)
 
 
 def test_replay_reads_a_copy_in_a_folder_it_cannot_write() -> None:
@@ -252,9 +259,9 @@ def test_replay_reads_a_copy_in_a_folder_it_cannot_write() -> None:
         write_samples(path, [FakeSample(n, 1000.0 + n, body(n, 10)) for n in range(1, 8)])
         assert not (folder / "rec.db-shm").exists()
         os.chmod(path, 0o644)
-        os.chmod(folder, 0o555)
+        make_unwritable(folder)
         done = subprocess.run(
-            as_nobody(sys.executable, "-c", NOBODY_READER, str(path)),
+            [sys.executable, "-c", READER, str(path)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -262,7 +269,7 @@ def test_replay_reads_a_copy_in_a_folder_it_cannot_write() -> None:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         served = subprocess.run(
-            as_nobody(sys.executable, "-m", "dashboard", "replay", str(path), *REPLAY_1S),
+            [sys.executable, "-m", "dashboard", "replay", str(path), *REPLAY_1S],
             capture_output=True,
             text=True,
             timeout=60,
@@ -270,7 +277,7 @@ def test_replay_reads_a_copy_in_a_folder_it_cannot_write() -> None:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
     finally:
-        os.chmod(top / "ro", 0o755)
+        make_writable(top / "ro")
         shutil.rmtree(top)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["7", "True"]
