@@ -1,8 +1,10 @@
 """HTTP throughput under wrk on loopback, monitor started vs. not, A/B interleaved.
 
 Run: ``python -m benchmarks.bench_http [--smoke] [--kind klein|web] [--no-watch] [--together]
-[--handlers | --handlers-ab]``. ``--handlers``: the monitor with busy time by handler on;
-``--handlers-ab``: both servers monitored, with it and without: what it alone costs.
+[--handlers | --no-handlers | --handlers-ab]``. ``--handlers`` / ``--no-handlers``: the
+monitor with busy time by handler on / off (neither: the Monitor's default, on where the
+accelerator is built); ``--handlers-ab``: both servers monitored and watched alike, with it
+and without: what it alone costs.
 Needs ``wrk``.
 """
 
@@ -63,7 +65,7 @@ def check_watcher(watcher: subprocess.Popen[str], seconds: int) -> None:
 
 #: ``--handlers``: the monitored server times each handler (``Monitor(handlers=True)``);
 #: ``--handlers-ab``: so does it, and the "bare" server is monitored too, without.
-HANDLERS = {"on": False, "ab": False}
+HANDLERS = {"on": False, "off": False, "ab": False}
 
 
 def start_server(kind: str, monitored: bool) -> tuple[subprocess.Popen[str], int, int | None]:
@@ -71,25 +73,21 @@ def start_server(kind: str, monitored: bool) -> tuple[subprocess.Popen[str], int
     port = free_port()
     command = [*pinned(1), sys.executable, "-m", "benchmarks.hello_server"]
     command += ["--kind", kind, "--port", str(port)]
-    if HANDLERS["ab"] and not monitored:
+    # with --handlers-ab the "bare" server is monitored too (handlers off), and watched alike
+    with_monitor = monitored or HANDLERS["ab"]
+    if with_monitor:
         command.append("--monitor")
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        assert server.stdout is not None
-        if server.stdout.readline().split()[:1] != ["ready"]:
-            stop(server)
-            raise RuntimeError("benchmark server (handlers=False) did not start")
-        return server, port, None
-    if monitored:
-        command.append("--monitor")
-        if HANDLERS["on"] or HANDLERS["ab"]:
+        if monitored and (HANDLERS["on"] or HANDLERS["ab"]):
             command.append("--handlers")
+        elif HANDLERS["off"] or HANDLERS["ab"]:
+            command.append("--no-handlers")
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     line = server.stdout.readline().split()
-    if not line or line[0] != "ready" or len(line) != (2 if monitored else 1):
+    if not line or line[0] != "ready" or len(line) != (2 if with_monitor else 1):
         stop(server)
         raise RuntimeError(f"benchmark server did not start: {line!r}")
-    return server, port, int(line[1]) if monitored else None
+    return server, port, int(line[1]) if with_monitor else None
 
 
 def stop(process: subprocess.Popen[str]) -> None:
@@ -148,13 +146,17 @@ def together(
     one configuration gave medians from 0.950 to 0.971."""
     order = [True, False] if monitored_first else [False, True]
     started: dict[bool, tuple[subprocess.Popen[str], int, int | None]] = {}
-    watcher: subprocess.Popen[str] | None = None
+    watchers: list[subprocess.Popen[str]] = []
     try:
         for monitored in order:
             started[monitored] = start_server(kind, monitored)
-        monitor_port = started[True][2]
-        if watched and monitor_port is not None:
-            watcher = start_watcher(monitor_port, seconds + 3)
+        if watched:
+            # every monitored server is watched alike (with --handlers-ab, both are): the
+            # scrape and the stream cost the server, and an A/B must differ in one thing only
+            for monitored in order:
+                monitor_port = started[monitored][2]
+                if monitor_port is not None:
+                    watchers.append(start_watcher(monitor_port, seconds + 3))
         rates: dict[bool, float] = {}
 
         def load(monitored: bool, duration: int) -> None:
@@ -169,11 +171,11 @@ def together(
                 thread.join()
         if len(rates) != 2:
             raise RuntimeError("a wrk run failed (see above)")
-        if watcher is not None:
+        for watcher in watchers:
             check_watcher(watcher, seconds)
         return rates[False], rates[True]
     finally:
-        if watcher is not None:
+        for watcher in watchers:
             stop(watcher)
         for server, _, _ in started.values():
             stop(server)
@@ -199,6 +201,11 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         "--handlers", action="store_true", help="the monitor with busy time by handler on"
     )
     parser.add_argument(
+        "--no-handlers",
+        action="store_true",
+        help="the monitor with busy time by handler off (default: the Monitor's default)",
+    )
+    parser.add_argument(
         "--handlers-ab",
         action="store_true",
         help="against a monitored server with handlers=False instead of a bare one",
@@ -206,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     args = parser.parse_args(argv)
     HANDLERS["ab"] = args.handlers_ab
     HANDLERS["on"] = args.handlers
+    HANDLERS["off"] = args.no_handlers
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package wrk)")
     pairs = args.pairs or (1 if args.smoke else 9)
@@ -216,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         name += ", handlers on / off"
     elif args.handlers:
         name += ", handlers on"
+    elif args.no_handlers:
+        name += ", handlers off"
     if args.together:
         runs = [together(args.kind, seconds, 50, watched, i % 2 == 1) for i in range(pairs)]
         bare = statistics.median(b for b, _ in runs)

@@ -46,7 +46,7 @@ def child(name: str, chain_length: int, pairs: int, blocks: int) -> dict[str, An
 
     probes = {
         "on": LoopProbe(reactor, ProbeErrors(), reactor.seconds, handlers=True),
-        "no_handlers": LoopProbe(reactor, ProbeErrors(), reactor.seconds),
+        "no_handlers": LoopProbe(reactor, ProbeErrors(), reactor.seconds, handlers=False),
     }
     timings: dict[str, list[float]] = {"off": [], "on": [], "no_handlers": []}
     orders = (("off", "on", "no_handlers"), ("no_handlers", "on", "off"))

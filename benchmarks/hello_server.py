@@ -1,8 +1,9 @@
 """A hello-world server for the HTTP benchmark: Klein or plain twisted.web, monitor on or off.
 
-``python -m benchmarks.hello_server --kind klein|web --port P [--monitor [--handlers]]``;
-prints ``ready`` once listening (``ready M`` when monitored: M is the dashboard's own port).
-``--handlers``: the monitor with busy time by handler (``Monitor(handlers=True)``).
+``python -m benchmarks.hello_server --kind klein|web --port P [--monitor [--handlers |
+--no-handlers]]``; prints ``ready`` once listening (``ready M`` when monitored: M is the
+dashboard's own port). ``--handlers`` / ``--no-handlers``: the monitor with busy time by
+handler on / off (``Monitor(handlers=True / False)``); neither: the Monitor's default.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--monitor", action="store_true")
     parser.add_argument("--handlers", action="store_true")
+    parser.add_argument("--no-handlers", action="store_true")
     args = parser.parse_args(argv)
     from dashboard.testing import global_reactor
 
@@ -47,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.monitor:
         from dashboard.monitor import Monitor
 
-        monitor = Monitor(reactor, interval=1.0, handlers=args.handlers)
+        handlers = True if args.handlers else (False if args.no_handlers else None)
+        monitor = Monitor(reactor, interval=1.0, handlers=handlers)
         monitor.start()
 
         def listening(port: Any) -> None:

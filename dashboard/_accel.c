@@ -29,7 +29,7 @@
 #include <time.h>
 
 /* Checked by dashboard/accel.py: bump whenever this module's interface changes. */
-#define ACCEL_ABI 10
+#define ACCEL_ABI 11
 
 static PyObject *s_callbacks, *s_canceller_attr, *s_debug, *s_rd_ref, *s_called, *s_gi_code,
     *s_cr_code;
@@ -1938,6 +1938,17 @@ typedef struct {
     PyObject *entry;
 } CodeSlot;
 
+/* One I/O event begun by io_start: its descriptor, the protocol it carried (NULL: none),
+ * and when it began (timed: 0 when the clock failed). */
+#define IO_STACK_MAX 8
+typedef struct {
+    PyObject *selectable, *protocol;
+    double t0;
+    int timed;
+} IOFrame;
+
+enum { FLAVOUR_POLL = 0, FLAVOUR_SELECT = 1, FLAVOUR_ASYNCIO = 2 };
+
 typedef struct {
     PyObject_HEAD
     PyObject *clock; /* NULL: CLOCK_MONOTONIC */
@@ -1951,6 +1962,13 @@ typedef struct {
     Py_ssize_t nbounds;
     CodeSlot *slots;
     size_t nslots, used;
+    /* io_start / io_done (the recompiled dispatch): the flavour that tells the event's
+     * kind, and the events begun and not yet done (a reactor run again from inside a
+     * handler nests them; deeper than IO_STACK_MAX they are not timed) */
+    int io_flavour;
+    long io_poll_in, io_poll_disconnected;
+    IOFrame io_stack[IO_STACK_MAX];
+    int io_depth;
 } HandlerTimer;
 
 static PyObject *s_protocol, *s_channel, *s_f, *s_doRead;
@@ -2215,6 +2233,10 @@ HandlerTimer_traverse(HandlerTimer *t, visitproc visit, void *arg)
         Py_VISIT(t->slots[i].code);
         Py_VISIT(t->slots[i].entry);
     }
+    for (int i = 0; i < t->io_depth && i < IO_STACK_MAX; i++) {
+        Py_VISIT(t->io_stack[i].selectable);
+        Py_VISIT(t->io_stack[i].protocol);
+    }
     return 0;
 }
 
@@ -2229,6 +2251,11 @@ HandlerTimer_clear(HandlerTimer *t)
     Py_CLEAR(t->looping_call);
     Py_CLEAR(t->channel_proxy);
     timer_clear_slots(t);
+    for (int i = 0; i < IO_STACK_MAX; i++) {
+        Py_CLEAR(t->io_stack[i].selectable);
+        Py_CLEAR(t->io_stack[i].protocol);
+    }
+    t->io_depth = 0;
     return 0;
 }
 
@@ -2307,6 +2334,9 @@ HandlerTimer_init(HandlerTimer *t, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *HandlerTimer_io_hook(HandlerTimer *t, PyObject *args, PyObject *kwds);
+static PyObject *HandlerTimer_io_flavour(HandlerTimer *t, PyObject *args, PyObject *kwds);
+static PyObject *HandlerTimer_io_start(HandlerTimer *t, PyObject *selectable);
+static PyObject *HandlerTimer_io_done(HandlerTimer *t, PyObject *const *args, Py_ssize_t nargs);
 
 static PyMethodDef HandlerTimer_methods[] = {
     {"call", (PyCFunction)(void (*)(void))HandlerTimer_call, METH_FASTCALL,
@@ -2316,6 +2346,13 @@ static PyMethodDef HandlerTimer_methods[] = {
     {"io_hook", (PyCFunction)(void (*)(void))HandlerTimer_io_hook,
      METH_VARARGS | METH_KEYWORDS,
      "io_hook(flavour, real, poll_in=0, poll_disconnected=0): a timed twin of real."},
+    {"io_flavour", (PyCFunction)(void (*)(void))HandlerTimer_io_flavour,
+     METH_VARARGS | METH_KEYWORDS,
+     "io_flavour(flavour, poll_in=0, poll_disconnected=0): how io_done tells an event's kind."},
+    {"io_start", (PyCFunction)HandlerTimer_io_start, METH_O,
+     "io_start(selectable): an I/O event begins (the recompiled dispatch's first statement)."},
+    {"io_done", (PyCFunction)(void (*)(void))HandlerTimer_io_done, METH_FASTCALL,
+     "io_done(kind_arg, why): the event begun last is over; counted as its handler's."},
     {NULL},
 };
 
@@ -2334,7 +2371,6 @@ static PyTypeObject HandlerTimerType = {
 };
 
 /* The I/O hook: the handler_io wrapper's twin, one flavour per reactor. */
-enum { FLAVOUR_POLL = 0, FLAVOUR_SELECT = 1, FLAVOUR_ASYNCIO = 2 };
 
 typedef struct {
     PyObject_HEAD
@@ -2346,25 +2382,36 @@ typedef struct {
     PyObject *dict;
 } TimedIO;
 
-/* The event's kind (0 read, 1 write, 2 lost) from the dispatch's arguments, or -1. */
+/* The event's kind (0 read, 1 write, 2 lost) from the argument of the dispatch that tells
+ * it (poll: the event bits; select: the method's name; asyncio: read), or -1. */
 static int
-io_kind(TimedIO *h, PyObject *const *args)
+event_kind(int flavour, long poll_in, long poll_disconnected, PyObject *arg)
 {
-    PyObject *arg = args[h->flavour == FLAVOUR_POLL ? 2 : 1];
-    if (h->flavour == FLAVOUR_POLL) {
+    if (flavour == FLAVOUR_POLL) {
         long event = PyLong_AsLong(arg);
         if (event == -1 && PyErr_Occurred()) {
             return -1;
         }
-        return (event & h->poll_in) ? 0 : ((event & h->poll_disconnected) ? 2 : 1);
+        return (event & poll_in) ? 0 : ((event & poll_disconnected) ? 2 : 1);
     }
-    if (h->flavour == FLAVOUR_SELECT) {
+    if (flavour == FLAVOUR_SELECT) {
         int equal = arg == s_doRead ? 1 : PyObject_RichCompareBool(arg, s_doRead, Py_EQ);
         return equal < 0 ? -1 : (equal ? 0 : 1);
     }
     int read = PyObject_IsTrue(arg);
     return read < 0 ? -1 : (read ? 0 : 1);
 }
+
+/* The event's kind from the dispatch's arguments, or -1. */
+static int
+io_kind(TimedIO *h, PyObject *const *args)
+{
+    return event_kind(h->flavour, h->poll_in, h->poll_disconnected,
+                      args[h->flavour == FLAVOUR_POLL ? 2 : 1]);
+}
+
+static int io_count(HandlerTimer *t, PyObject *selectable, PyObject *protocol, int kind,
+                    double d);
 
 /* After the dispatch: count `d` seconds into the event's entry. 0, or -1 with an error set. */
 static int
@@ -2392,6 +2439,15 @@ io_account(TimedIO *h, PyObject *const *args, PyObject *protocol, double d)
             Py_DECREF(now);
         }
     }
+    return io_count(t, selectable, protocol, kind, d);
+}
+
+/* `d` seconds of an event of `kind` into its entry: found in the table's dict of that kind
+ * by the protocol's (or descriptor's) class, else named by the table. 0, or -1 with an
+ * error set. */
+static int
+io_count(HandlerTimer *t, PyObject *selectable, PyObject *protocol, int kind, double d)
+{
     PyObject *key = (PyObject *)Py_TYPE(protocol != NULL ? protocol : selectable);
     PyObject *entry = PyDict_GetItemWithError(PyTuple_GET_ITEM(t->io_caches, kind), key);
     if (entry != NULL) {
@@ -2419,10 +2475,10 @@ io_account(TimedIO *h, PyObject *const *args, PyObject *protocol, double d)
  * channel), NULL without an error when none can be read; NULL with an error set only for a
  * BaseException that is not an Exception. */
 static PyObject *
-io_protocol(TimedIO *h, PyObject *selectable)
+io_protocol(HandlerTimer *t, PyObject *selectable)
 {
     PyObject *protocol = PyObject_GetAttr(selectable, s_protocol);
-    if (protocol != NULL && (PyObject *)Py_TYPE(protocol) == h->timer->channel_proxy) {
+    if (protocol != NULL && (PyObject *)Py_TYPE(protocol) == t->channel_proxy) {
         Py_SETREF(protocol, PyObject_GetAttr(protocol, s_channel));
     }
     if (protocol == NULL) {
@@ -2449,7 +2505,7 @@ TimedIO_vectorcall(TimedIO *h, PyObject *const *args, size_t nargsf, PyObject *k
         return PyObject_Vectorcall(h->real, args, nargsf, kwnames);
     }
     HandlerTimer *t = h->timer;
-    PyObject *protocol = io_protocol(h, args[0]);
+    PyObject *protocol = io_protocol(t, args[0]);
     if (protocol == NULL && PyErr_Occurred()) {
         return NULL;
     }
@@ -2545,6 +2601,23 @@ static PyTypeObject TimedIOType = {
     .tp_call = (ternaryfunc)TimedIO_call,
 };
 
+/* FLAVOUR_* of a flavour's name, or -1 with an error set. */
+static int
+flavour_of(const char *flavour)
+{
+    if (strcmp(flavour, "poll") == 0) {
+        return FLAVOUR_POLL;
+    }
+    if (strcmp(flavour, "select") == 0) {
+        return FLAVOUR_SELECT;
+    }
+    if (strcmp(flavour, "asyncio") == 0) {
+        return FLAVOUR_ASYNCIO;
+    }
+    PyErr_SetString(PyExc_ValueError, "flavour must be 'poll', 'select' or 'asyncio'");
+    return -1;
+}
+
 static PyObject *
 HandlerTimer_io_hook(HandlerTimer *t, PyObject *args, PyObject *kwds)
 {
@@ -2556,18 +2629,8 @@ HandlerTimer_io_hook(HandlerTimer *t, PyObject *args, PyObject *kwds)
                                      &poll_in, &poll_disconnected)) {
         return NULL;
     }
-    int which;
-    if (strcmp(flavour, "poll") == 0) {
-        which = FLAVOUR_POLL;
-    }
-    else if (strcmp(flavour, "select") == 0) {
-        which = FLAVOUR_SELECT;
-    }
-    else if (strcmp(flavour, "asyncio") == 0) {
-        which = FLAVOUR_ASYNCIO;
-    }
-    else {
-        PyErr_SetString(PyExc_ValueError, "flavour must be 'poll', 'select' or 'asyncio'");
+    int which = flavour_of(flavour);
+    if (which < 0) {
         return NULL;
     }
     TimedIO *h = PyObject_GC_New(TimedIO, &TimedIOType);
@@ -2583,6 +2646,99 @@ HandlerTimer_io_hook(HandlerTimer *t, PyObject *args, PyObject *kwds)
     h->vectorcall = (vectorcallfunc)TimedIO_vectorcall;
     PyObject_GC_Track(h);
     return (PyObject *)h;
+}
+
+/* The recompiled dispatch (dashboard/probes/handler_source.py, with_timed_body): Twisted's
+ * own method, its body between io_start(selectable) and, in a `finally`, io_done(arg, why).
+ * No wrapper and no second call into Python per event: the protocol is read once, before
+ * (a connection that ends drops it), and an event after which the reactor disconnects the
+ * descriptor (`why`, the dispatch's own local, is true) is its protocol's connectionLost. */
+static PyObject *
+HandlerTimer_io_flavour(HandlerTimer *t, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"flavour", "poll_in", "poll_disconnected", NULL};
+    const char *flavour;
+    long poll_in = 0, poll_disconnected = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|$ll:io_flavour", kwlist, &flavour,
+                                     &poll_in, &poll_disconnected)) {
+        return NULL;
+    }
+    int which = flavour_of(flavour);
+    if (which < 0) {
+        return NULL;
+    }
+    t->io_flavour = which;
+    t->io_poll_in = poll_in;
+    t->io_poll_disconnected = poll_disconnected;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+HandlerTimer_io_start(HandlerTimer *t, PyObject *selectable)
+{
+    int depth = t->io_depth++;
+    if (depth >= IO_STACK_MAX) {
+        Py_RETURN_NONE; /* nested too deep: io_done only counts it down */
+    }
+    IOFrame *f = &t->io_stack[depth];
+    PyObject *protocol = io_protocol(t, selectable);
+    if (protocol == NULL && PyErr_Occurred()) {
+        t->io_depth--; /* a KeyboardInterrupt or the like: the dispatch does not begin */
+        return NULL;
+    }
+    f->selectable = Py_NewRef(selectable);
+    f->protocol = protocol;
+    f->timed = handler_now(t, &f->t0) == 0;
+    if (!f->timed && report_error(t->record_error) < 0) {
+        Py_CLEAR(f->selectable);
+        Py_CLEAR(f->protocol);
+        t->io_depth--;
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+HandlerTimer_io_done(HandlerTimer *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (t->io_depth <= 0) {
+        Py_RETURN_NONE; /* no io_start to match (state cleared meanwhile) */
+    }
+    int depth = --t->io_depth;
+    if (depth >= IO_STACK_MAX) {
+        Py_RETURN_NONE;
+    }
+    IOFrame *f = &t->io_stack[depth];
+    PyObject *selectable = f->selectable, *protocol = f->protocol;
+    f->selectable = f->protocol = NULL;
+    int rc = 0;
+    if (selectable != NULL && f->timed) {
+        double t1;
+        rc = handler_now(t, &t1);
+        int kind = -1;
+        if (rc == 0 && nargs != 2) {
+            PyErr_SetString(PyExc_TypeError, "io_done(kind_arg, why) takes 2 arguments");
+            rc = -1;
+        }
+        if (rc == 0) {
+            kind = event_kind(t->io_flavour, t->io_poll_in, t->io_poll_disconnected, args[0]);
+            rc = kind < 0 ? -1 : 0;
+        }
+        if (rc == 0 && protocol != NULL && kind != 2 && args[1] != Py_None) {
+            int lost = PyObject_IsTrue(args[1]);
+            rc = lost < 0 ? -1 : 0;
+            kind = lost > 0 ? 2 : kind;
+        }
+        if (rc == 0) {
+            rc = io_count(t, selectable, protocol, kind, t1 - f->t0);
+        }
+    }
+    Py_XDECREF(selectable);
+    Py_XDECREF(protocol);
+    if (rc < 0 && report_error(t->record_error) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import sysconfig
 import types
 
 #: Must equal ``ACCEL_ABI`` in _accel.c: bumped whenever the module's interface changes.
-ABI = 10
+ABI = 11
 #: Set to 0 to run the pure-Python paths even where the accelerator is built.
 ENV = "REACTOR_DASHBOARD_ACCEL"
 #: The CPython versions the build makes the accelerator on (``hatch_build.SUPPORTED_VERSIONS``).

@@ -173,9 +173,11 @@ class Monitor:
     #: password, secret, key, signature, session, code...; see dashboard.redact)
     redact_params: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=param_names)
     #: busy time by handler (``loop.handlers``): each call the reactor makes is timed; the
-    #: top ``top_handlers`` over the last ``handlers_window_s`` seconds are listed. Off by
-    #: default: its cost per I/O event is over budget, compiled too (benchmarks/README.md)
-    handlers: bool = attrs.field(default=False, kw_only=True)
+    #: top ``top_handlers`` over the last ``handlers_window_s`` seconds are listed. None: on
+    #: where the accelerator is built on CPython 3.11 and 3.12 (a Klein hello request 0.3-0.4%
+    #: slower), off on 3.13 (1.3-1.6%) and the pure-Python path (a reactor iteration 1.33x);
+    #: True / False: on / off anywhere (dashboard.probes.loop.HANDLERS_BY_DEFAULT)
+    handlers: bool | None = attrs.field(default=None, kw_only=True)
     top_handlers: int = attrs.field(default=20, kw_only=True)
     handlers_window_s: float = attrs.field(default=10.0, kw_only=True)
     #: a file to record every sample into (see dashboard/recorder/), kept ``record_hours``

@@ -27,6 +27,7 @@ import attrs
 import pytest
 
 from dashboard.attach import RunOptions, RunUsageError, main, parse_run_args, program_package
+from dashboard.probes.loop import HANDLERS_BY_DEFAULT
 
 BIN = Path(sys.executable).parent
 DASHBOARD_LINE = re.compile(r"dashboard on http://127\.0\.0\.1:(\d+)/ \((\w+); running (.+)\)")
@@ -619,19 +620,28 @@ LOOPING_SCRIPT = """
 """
 
 
-def test_run_handlers_turns_busy_time_by_handler_on(tmp_path: Path, reactor_name: str) -> None:
+def test_run_handlers_and_no_handlers(tmp_path: Path, reactor_name: str) -> None:
     assert parse_run_args(["--handlers", "app.py"]) == RunOptions(script="app.py", handlers=True)
     assert parse_run_args(["app.py", "--handlers"]) == RunOptions(  # the program's argument
         script="app.py", args=("--handlers",)
     )
     script = write_script(tmp_path, "grind.py", LOOPING_SCRIPT)
-    for flags, on in (((), False), (("--handlers",), True)):
+    assert parse_run_args(["--no-handlers", "app.py"]) == RunOptions(
+        script="app.py", handlers=False
+    )
+    assert parse_run_args(["app.py"]) == RunOptions(script="app.py", handlers=None)
+    for flags, asked in (((), None), (("--handlers",), True), (("--no-handlers",), False)):
         child = Child.start(run_command(reactor_name, *flags, str(script)))
         try:
             found = child.wait_for(DASHBOARD_LINE, "stderr")
             child.wait_for(re.compile("looping"), "stdout")
             dashboard = f"http://127.0.0.1:{found[1]}"
             deadline = time.monotonic() + 20
+            loop = fresh_snapshot(dashboard)["loop"]
+            # the default: on where the child (this Python) runs the compiled path and its
+            # cost was measured within budget
+            by_default = sys.version_info[:2] in HANDLERS_BY_DEFAULT
+            on = asked if asked is not None else loop["hot_path"] == "compiled" and by_default
             while True:
                 loop = fresh_snapshot(dashboard)["loop"]
                 names = [row["handler"] for row in loop["handlers"] or ()]
@@ -646,5 +656,5 @@ def test_run_handlers_turns_busy_time_by_handler_on(tmp_path: Path, reactor_name
             assert row["handler"] == "__main__.grind (LoopingCall)"
             assert row["calls"] >= 1 and row["max_ms"] >= 9.0, row
         else:
-            assert loop["handlers"] is None
+            assert loop["handlers"] is None and loop["handlers_off_reason"]
         no_traceback(child)

@@ -40,10 +40,10 @@ from typing import Any
 from twisted.internet import task
 
 from dashboard import accel
-from dashboard.probes.base import JSONDict, Patcher, TimeSource
+from dashboard.probes.base import JSONDict, Patcher, TimeSource, own_attribute
 from dashboard.probes.handler_io import io_hook
 from dashboard.probes.handler_names import CHANNEL_PROXY
-from dashboard.probes.handler_source import with_timed_calls
+from dashboard.probes.handler_source import with_timed_body, with_timed_calls
 from dashboard.probes.handler_table import (
     BOUNDS_WITH_INF,
     DEFAULT_TOP_N,
@@ -129,7 +129,9 @@ class HandlerHooks:
             return
         call_done = self.table.make_call_done(self._record_error)
         timed_call = None if self.timer is None else self.timer.call
-        recompiled = with_timed_calls(method, self._clock, call_done, timed_call=timed_call)
+        recompiled = None
+        if not _own_attribute(reactor, "runUntilCurrent"):  # else someone's patch: wrapped
+            recompiled = with_timed_calls(method, self._clock, call_done, timed_call=timed_call)
         if recompiled is not None:
             self._patcher.patch(reactor, "runUntilCurrent", types.MethodType(recompiled, reactor))
             self.hooks.append("runUntilCurrent")
@@ -152,33 +154,63 @@ class HandlerHooks:
         hook.__name__ = hook.__qualname__ = "io_hook"
         return hook
 
+    def timed_dispatch(self, flavour: str, name: str, **bits: int) -> Any:
+        """The reactor's dispatch ``name`` recompiled with its body timed by the compiled
+        timer (:func:`~dashboard.probes.handler_source.with_timed_body`), bound to the
+        reactor; None without the compiled timer or where the source is not the expected
+        one (then :meth:`io_hook` wraps it)."""
+        if self.timer is None or _own_attribute(self._reactor, name):
+            return None  # a dispatch patched on the instance is someone's: wrapped, kept
+        method = getattr(type(self._reactor), name, None)
+        if method is None:
+            return None
+        made = with_timed_body(
+            method, self.timer.io_start, self.timer.io_done, KIND_ARGUMENTS[flavour]
+        )
+        if made is None:
+            return None
+        self.timer.io_flavour(flavour, **bits)
+        return types.MethodType(made, self._reactor)
+
+    def _hook_dispatch(self, flavour: str, name: str, label: str, **bits: int) -> None:
+        timed = self.timed_dispatch(flavour, name, **bits)
+        if timed is not None:
+            self._patcher.patch(self._reactor, name, timed)
+            self.hooks.append(
+                f"{label[:-1]}, recompiled)" if label.endswith(")") else f"{label} (recompiled)"
+            )
+            return
+        self._patcher.patch(
+            self._reactor, name, self.io_hook(flavour, getattr(self._reactor, name), **bits)
+        )
+        self.hooks.append(label)
+
     def _hook_io(self) -> None:
         reactor = self._reactor
         loop = getattr(reactor, "_asyncioEventloop", None)
         if loop is not None and hasattr(type(reactor), "_readOrWrite"):
-            hook = self.io_hook("asyncio", reactor._readOrWrite)
-            self._patcher.patch(reactor, "_readOrWrite", hook)
-            self.hooks.append("_readOrWrite (asyncio)")
+            self._hook_dispatch("asyncio", "_readOrWrite", "_readOrWrite (asyncio)")
             self._reregister = _reregister_with(reactor, loop)
             self._reregister()
             return
-        real = getattr(reactor, "_doReadOrWrite", None)
-        if real is None:
+        if getattr(reactor, "_doReadOrWrite", None) is None:
             return
         poll_in = getattr(reactor, "_POLL_IN", None)
         if isinstance(poll_in, int):
-            hook = self.io_hook(
+            disconnected = int(getattr(reactor, "_POLL_DISCONNECTED", 0))
+            self._hook_dispatch(
                 "poll",
-                real,
+                "_doReadOrWrite",
+                "_doReadOrWrite",
                 poll_in=poll_in,
-                poll_disconnected=int(getattr(reactor, "_POLL_DISCONNECTED", 0)),
+                poll_disconnected=disconnected,
             )
-            self._patcher.patch(reactor, "_doReadOrWrite", hook)
-            self.hooks.append("_doReadOrWrite")
         elif _is_select_reactor(reactor):
-            hook = self.io_hook("select", real)
-            self._patcher.patch(reactor, "_doReadOrWrite", hook)
-            self.hooks.append("_doReadOrWrite (select)")
+            self._hook_dispatch("select", "_doReadOrWrite", "_doReadOrWrite (select)")
+
+
+#: Each flavour's dispatch parameter that tells the event's kind (see ``handler_io.FLAVOURS``).
+KIND_ARGUMENTS = {"poll": "event", "select": "method", "asyncio": "read"}
 
 
 def _whole_timed(
@@ -207,6 +239,13 @@ def _whole_timed_by(
         timed_call(original, no_args, no_kwargs)
 
     return runUntilCurrent
+
+
+def _own_attribute(reactor: Any, name: str) -> bool:
+    """``name`` is set on the reactor instance itself (a patch of someone else's), told
+    without reading its ``__dict__`` (that would take it off CPython's fast paths)."""
+    missing = object()
+    return own_attribute(reactor, name, missing) is not missing
 
 
 def _reregister_with(reactor: Any, loop: Any) -> Callable[[], None]:

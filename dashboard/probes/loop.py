@@ -37,6 +37,7 @@ import contextlib
 import inspect
 import math
 import select
+import sys
 import threading
 from bisect import bisect_left
 from collections import deque
@@ -94,7 +95,7 @@ class LoopProbe:
         accelerate: bool | None = None,
         library_paths: tuple[str, ...] = (),
         user_paths: tuple[str, ...] = (),
-        handlers: bool = False,
+        handlers: bool | None = None,
         top_handlers: int = 20,
         handlers_window_s: float = 10.0,
     ) -> None:
@@ -105,7 +106,8 @@ class LoopProbe:
         ``where`` is named (:class:`~dashboard.probes.stack_owner.StackOwner`). ``handlers``:
         time each call the reactor makes (``loop.handlers``, the top ``top_handlers`` over the
         last ``handlers_window_s`` seconds; :mod:`dashboard.probes.handlers`, compiled where
-        ``accelerate`` says)."""
+        ``accelerate`` says); None: on where compiled, off on the pure-Python path (a reactor
+        iteration 1.33x there; benchmarks/README.md)."""
         self.accelerated = accel.resolve(accelerate)
         self.hot_path_reason = accel.hot_path_reason(accelerate, self.accelerated)
         accelerate = self.accelerated
@@ -128,9 +130,10 @@ class LoopProbe:
         self.wait_hook: str | None = None
         self.blocks_total = 0
         self.stack_owner = StackOwner(library_paths, user_paths)
-        #: busy time by handler (None: switched off)
+        #: busy time by handler (None: switched off, for ``handlers_off_reason``)
         self.handlers: HandlerHooks | None = None
-        if handlers:
+        self.handlers_off_reason = handlers_off_reason(handlers, self.accelerated)
+        if self.handlers_off_reason is None:
             self.handlers = HandlerHooks(
                 reactor,
                 clock,
@@ -450,13 +453,15 @@ class LoopProbe:
 
     def _handlers_section(self, close: bool) -> JSONDict:
         """``loop.handlers*``: busy time by handler (null while switched off)."""
-        if self.handlers is None or not self._installed:
-            return {"handlers": None, "handlers_other": None, "handlers_window_s": None}
+        if self.handlers is None:
+            return _handlers_off(self.handlers_off_reason)
+        if not self._installed:
+            return _handlers_off("the loop probe is not installed")
         try:
-            return self.handlers.section(close=close)
+            return {**self.handlers.section(close=close), "handlers_off_reason": None}
         except Exception as exc:
             self._record_error(exc)
-            return {"handlers": None, "handlers_other": None, "handlers_window_s": None}
+            return _handlers_off("its figures failed (counted in the monitor's errors)")
 
 
 def _is_select_reactor(reactor: Any) -> bool:
@@ -483,6 +488,48 @@ def _poller_signature(poller: Any) -> str:
 REACTOR_LOOP_METHODS = ("mainLoop", "doIteration", "runUntilCurrent")
 #: asyncio's loop, around its selector wait and between handles.
 ASYNCIO_LOOP_METHODS = ("run_forever", "_run_once")
+
+
+def _handlers_off(reason: str | None) -> JSONDict:
+    return {
+        "handlers": None,
+        "handlers_other": None,
+        "handlers_window_s": None,
+        "handlers_off_reason": reason,
+    }
+
+
+#: The CPython versions (major, minor) where busy time by handler, compiled, was measured
+#: within its budget (a Klein hello request at most 0.5% slower; benchmarks/README.md): on by
+#: default there. On 3.13 it cost 1.3-1.6%.
+HANDLERS_BY_DEFAULT = frozenset({(3, 11), (3, 12)})
+
+
+def handlers_off_reason(
+    handlers: bool | None, accelerated: bool, version: tuple[int, int] | None = None
+) -> str | None:
+    """Why busy time by handler is off, in one line (``loop.handlers_off_reason``); None when
+    it is on: asked for (True), or by default (None) on the compiled path of a CPython in
+    :data:`HANDLERS_BY_DEFAULT` (``version``: this one's)."""
+    version = version or (sys.version_info.major, sys.version_info.minor)
+    switch_on = "Monitor(handlers=True) or run --handlers switches it on"
+    if handlers is True:
+        return None
+    if handlers is False:
+        return "switched off (Monitor(handlers=False), run --no-handlers)"
+    if not accelerated:
+        return (
+            "off by default on the pure-Python path (timing each call costs a reactor"
+            f" iteration about 1.33x); {switch_on}"
+        )
+    if version not in HANDLERS_BY_DEFAULT:
+        cost = (
+            "timing each I/O event costs a small HTTP request 1.3-1.6% there (the budget is 0.5%)"
+            if version == (3, 13)
+            else "its cost was not measured there"
+        )
+        return f"off by default on Python {version[0]}.{version[1]}: {cost}; {switch_on}"
+    return None
 
 
 def between_work_codes(reactor: Any) -> frozenset[CodeType]:

@@ -82,6 +82,7 @@ _LOOP = _object(
         "handlers": "array?",
         "handlers_other": "object?",
         "handlers_window_s": "number?",
+        "handlers_off_reason": "string?",
     }
 )
 _LOOP["properties"]["blocks"]["items"] = _BLOCK

@@ -75,11 +75,12 @@ export function renderHandlers(snapshot, trends) {
   const rows = rowsOf(snapshot);
   if (rows === null) {
     const off = loop.handlers === null;
+    const why = typeof loop.handlers_off_reason === "string" ? loop.handlers_off_reason : null;
     fillBody(table, [
       emptyRow(
         6,
         off
-          ? "Busy time by handler is off: Monitor(handlers=True) switches it on."
+          ? `Busy time by handler is off: ${why || "Monitor(handlers=True) switches it on"}.`
           : "Not reported by this version of the dashboard.",
       ),
     ]);
