@@ -215,7 +215,8 @@ def run_demo(
     """Run the demo until Ctrl-C (or ``duration_s``), the dashboard on 127.0.0.1:``port``
     (behind ``token`` / ``metrics_token`` when given), every sample recorded into
     ``record`` when given (a bad file raises ``dashboard.recorder.RecordingError``)."""
-    # The demo shows every panel: busy time by handler on (off by default elsewhere).
+    # The demo shows every panel: busy time by handler on, also where it is off by default
+    # (Python 3.13, the pure-Python path).
     monitor = Monitor(
         reactor, token=token, metrics_token=metrics_token, record=record, handlers=True
     )

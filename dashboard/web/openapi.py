@@ -86,7 +86,7 @@ _LOOP = _object(
     }
 )
 _LOOP["properties"]["blocks"]["items"] = _BLOCK
-# busy time by handler (null while off: Monitor(handlers=True))
+# busy time by handler (null while off; handlers_off_reason says why)
 _LOOP["properties"]["handlers"]["items"] = _object(
     {
         "handler": "string",
