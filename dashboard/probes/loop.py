@@ -513,10 +513,8 @@ def handlers_off_reason(
     :data:`HANDLERS_BY_DEFAULT` (``version``: this one's)."""
     version = version or (sys.version_info.major, sys.version_info.minor)
     switch_on = "Monitor(handlers=True) or run --handlers switches it on"
-    if handlers is True:
-        return None
-    if handlers is False:
-        return "switched off (Monitor(handlers=False), run --no-handlers)"
+    if handlers is not None:  # asked: on or off, whatever the version
+        return None if handlers else "switched off (Monitor(handlers=False), run --no-handlers)"
     if not accelerated:
         return (
             "off by default on the pure-Python path (timing each call costs a reactor"
